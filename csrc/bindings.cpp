@@ -1,0 +1,191 @@
+// The one pybind11 module, wsss_ext._C. Arrays arrive as any Python object
+// that exposes its memory (torch tensor, __cuda_array_interface__ as cupy
+// has, __array_interface__ as numpy has) and become ArrayViews here; the
+// kernels below never see Python. No torch header is included.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <string>
+
+#include "common/array_view.h"
+#include "common/cuda_device.h"
+#include "common/parallel.h"
+#include "common/philox.h"
+#include "sinkhorn/sinkhorn.h"
+
+namespace py = pybind11;
+using wsss::ArrayView;
+using wsss::DeviceType;
+using wsss::DType;
+
+namespace {
+
+[[noreturn]] void type_error(const std::string& message) { throw py::type_error(message); }
+
+DType dtype_from_torch(const std::string& name, const char* arg) {
+  if (name == "torch.float32") return DType::kFloat32;
+  if (name == "torch.float64") return DType::kFloat64;
+  if (name == "torch.float16") return DType::kFloat16;
+  if (name == "torch.bfloat16") return DType::kBFloat16;
+  if (name == "torch.int32") return DType::kInt32;
+  if (name == "torch.int64") return DType::kInt64;
+  if (name == "torch.uint8") return DType::kUInt8;
+  if (name == "torch.bool") return DType::kBool;
+  type_error(std::string(arg) + ": unsupported dtype " + name);
+}
+
+// Array-interface type strings: "<f4", "|u1", ...
+DType dtype_from_typestr(const std::string& typestr, const char* arg) {
+  if (typestr.size() >= 3 && typestr[0] != '>') {
+    const std::string kind = typestr.substr(1);
+    if (kind == "f4") return DType::kFloat32;
+    if (kind == "f8") return DType::kFloat64;
+    if (kind == "f2") return DType::kFloat16;
+    if (kind == "i4") return DType::kInt32;
+    if (kind == "i8") return DType::kInt64;
+    if (kind == "u1") return DType::kUInt8;
+    if (kind == "b1") return DType::kBool;
+  }
+  type_error(std::string(arg) + ": unsupported array type string '" + typestr + "'");
+}
+
+ArrayView view_from_torch(py::handle tensor, const char* arg) {
+  ArrayView view;
+  view.dtype = dtype_from_torch(py::str(tensor.attr("dtype")), arg);
+  const py::object device = tensor.attr("device");
+  const std::string device_type = py::str(device.attr("type"));
+  if (device_type == "cuda") {
+    view.device = DeviceType::kCUDA;
+    view.device_index = device.attr("index").cast<int>();
+  } else if (device_type != "cpu") {
+    throw std::invalid_argument(std::string(arg) + ": tensors on '" + device_type + "' are not supported (cpu or cuda)");
+  }
+  view.data = reinterpret_cast<void*>(tensor.attr("data_ptr")().cast<uintptr_t>());
+  view.shape = tensor.attr("shape").cast<std::vector<int64_t>>();
+  view.strides = tensor.attr("stride")().cast<std::vector<int64_t>>();
+  return view;
+}
+
+ArrayView view_from_interface(const py::dict& interface, DeviceType device, const char* arg) {
+  ArrayView view;
+  view.device = device;
+  view.dtype = dtype_from_typestr(interface["typestr"].cast<std::string>(), arg);
+  const auto data = interface["data"].cast<py::tuple>();
+  view.data = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
+  view.readonly = data[1].cast<bool>();
+  view.shape = interface["shape"].cast<std::vector<int64_t>>();
+  const int64_t itemsize = wsss::dtype_size(view.dtype);
+  if (!interface.contains("strides") || interface["strides"].is_none()) {
+    view.strides.assign(view.shape.size(), 1);
+    for (int d = static_cast<int>(view.shape.size()) - 2; d >= 0; --d)
+      view.strides[d] = view.strides[d + 1] * view.shape[d + 1];
+  } else {
+    for (int64_t byte_stride : interface["strides"].cast<std::vector<int64_t>>()) {
+      if (byte_stride % itemsize != 0)
+        throw std::invalid_argument(std::string(arg) + ": strides must be multiples of the item size");
+      view.strides.push_back(byte_stride / itemsize);
+    }
+  }
+  if (device == DeviceType::kCUDA && view.data != nullptr)
+    view.device_index = wsss::cuda_pointer_device(reinterpret_cast<uintptr_t>(view.data));
+  return view;
+}
+
+// Any array-like object -> ArrayView, naming the argument in every error.
+ArrayView to_view(py::handle obj, const char* arg) {
+  if (py::isinstance<ArrayView>(obj)) return obj.cast<ArrayView>();
+  const std::string module = py::str(py::type::handle_of(obj).attr("__module__"));
+  if (module.rfind("torch", 0) == 0 && py::hasattr(obj, "data_ptr")) return view_from_torch(obj, arg);
+  if (py::hasattr(obj, "__cuda_array_interface__"))
+    return view_from_interface(obj.attr("__cuda_array_interface__"), DeviceType::kCUDA, arg);
+  if (py::hasattr(obj, "__array_interface__"))
+    return view_from_interface(obj.attr("__array_interface__"), DeviceType::kCPU, arg);
+  type_error(std::string(arg) + ": expected a torch tensor, numpy array or cupy array, got " +
+             std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+}
+
+py::dict build_info() {
+  py::dict info;
+  info["version"] = WSSS_VERSION;
+  info["cuda"] = wsss::cuda_compiled();
+  info["cuda_runtime_version"] = wsss::cuda_runtime_version();
+#if defined(WSSS_CUDA_ARCHS)
+  info["cuda_architectures"] = std::string(WSSS_CUDA_ARCHS);
+#else
+  info["cuda_architectures"] = std::string();
+#endif
+  info["cuda_device_count"] = wsss::cuda_device_count();
+#if defined(WSSS_WITH_OPENMP)
+  info["openmp"] = true;
+#else
+  info["openmp"] = false;
+#endif
+  info["omp_max_threads"] = wsss::cpu_max_threads();
+#if defined(__VERSION__)
+  info["compiler"] = std::string(__VERSION__);
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "wsss_ext compiled kernels. Every function takes arrays (torch, numpy or cupy), writes its outputs "
+            "into arrays the caller allocated, and returns nothing. wsss_ext.ops is the friendly front end.";
+
+  py::class_<ArrayView>(m, "ArrayView", "A borrowed view of an array's memory, as the kernels see it.")
+      .def(py::init([](py::handle obj) { return to_view(obj, "array"); }), py::arg("array"))
+      .def_property_readonly("dtype", [](const ArrayView& v) { return wsss::dtype_name(v.dtype); })
+      .def_property_readonly("device", [](const ArrayView& v) { return v.is_cuda() ? "cuda" : "cpu"; })
+      .def_property_readonly("device_index", [](const ArrayView& v) { return v.device_index; })
+      .def_property_readonly("shape", [](const ArrayView& v) { return v.shape; })
+      .def_property_readonly("strides", [](const ArrayView& v) { return v.strides; })
+      .def_property_readonly("readonly", [](const ArrayView& v) { return v.readonly; })
+      .def_property_readonly("data", [](const ArrayView& v) { return reinterpret_cast<uintptr_t>(v.data); })
+      .def_property_readonly("is_contiguous", &ArrayView::is_contiguous)
+      .def("__repr__", [](const ArrayView& v) { return "ArrayView(" + v.describe() + ")"; });
+
+  m.def("build_info", &build_info, "What this build of the extension contains.");
+
+  m.def(
+      "philox4x32_10",
+      [](std::array<uint32_t, 4> counter, std::array<uint32_t, 2> key) {
+        const wsss::Philox4x32 out =
+            wsss::philox4x32_10(wsss::Philox4x32{{counter[0], counter[1], counter[2], counter[3]}}, key[0], key[1]);
+        return std::array<uint32_t, 4>{out.v[0], out.v[1], out.v[2], out.v[3]};
+      },
+      py::arg("counter"), py::arg("key"),
+      "The counter-based generator every random kernel draws from: four 32-bit words for (counter, key).");
+
+  m.def("sinkhorn_num_chunks", &wsss::sinkhorn::num_chunks, py::arg("n_samples"), py::arg("cuda"),
+        "Rows of the [2, chunks, K] workspace sinkhorn_step needs.");
+
+  m.def(
+      "sinkhorn_step",
+      [](py::handle scores, py::handle f, py::handle g, py::handle partials, py::handle col_max,
+         py::handle col_sumexp, double inv_eps, double log_n, bool update_g, uintptr_t stream) {
+        const wsss::sinkhorn::StepArgs args{to_view(scores, "scores"),     to_view(f, "f"),
+                                            to_view(g, "g"),               to_view(partials, "partials"),
+                                            to_view(col_max, "col_max"),   to_view(col_sumexp, "col_sumexp"),
+                                            inv_eps,                       log_n,
+                                            update_g};
+        py::gil_scoped_release no_gil;
+        wsss::sinkhorn::step(args, stream);
+      },
+      py::arg("scores"), py::arg("f"), py::arg("g"), py::arg("partials"), py::arg("col_max"), py::arg("col_sumexp"),
+      py::arg("inv_eps"), py::arg("log_n"), py::arg("update_g"), py::arg("stream") = 0,
+      "Log-domain Sinkhorn step on scores [N, K]: if update_g, g[i] = -log_n - LSE_k(scores/eps + f); then "
+      "col_max, col_sumexp = the column log-sum-exp statistics of scores/eps + g.");
+
+  m.def(
+      "sinkhorn_codes",
+      [](py::handle scores, py::handle f, py::handle codes, double inv_eps, uintptr_t stream) {
+        const wsss::sinkhorn::CodesArgs args{to_view(scores, "scores"), to_view(f, "f"), to_view(codes, "codes"),
+                                             inv_eps};
+        py::gil_scoped_release no_gil;
+        wsss::sinkhorn::codes(args, stream);
+      },
+      py::arg("scores"), py::arg("f"), py::arg("codes"), py::arg("inv_eps"), py::arg("stream") = 0,
+      "codes[i, k] = softmax_k(scores[i, k] / eps + f[k]).");
+}

@@ -1,0 +1,59 @@
+// A borrowed, typed, strided view of memory owned by someone else (a torch
+// tensor, a numpy or cupy array). The C++ side never allocates outputs or
+// workspace: Python does, and hands views of them down.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+#include "common/errors.h"
+
+namespace wsss {
+
+enum class DType : int32_t {
+  kFloat16 = 0,
+  kBFloat16,
+  kFloat32,
+  kFloat64,
+  kInt32,
+  kInt64,
+  kUInt8,
+  kBool,
+};
+
+enum class DeviceType : int32_t { kCPU = 0, kCUDA = 1 };
+
+const char* dtype_name(DType dtype);
+int64_t dtype_size(DType dtype);
+
+struct ArrayView {
+  void* data = nullptr;
+  DType dtype = DType::kFloat32;
+  DeviceType device = DeviceType::kCPU;
+  int device_index = -1;  // CUDA ordinal; -1 on the CPU
+  bool readonly = false;
+  std::vector<int64_t> shape;
+  std::vector<int64_t> strides;  // in elements, not bytes
+
+  int ndim() const { return static_cast<int>(shape.size()); }
+  int64_t numel() const;
+  bool is_contiguous() const;
+  bool is_cuda() const { return device == DeviceType::kCUDA; }
+  std::string describe() const;  // "float32[4, 3] on cpu"
+
+  template <class T>
+  T* as() const { return static_cast<T*>(data); }
+};
+
+// Checks every kernel runs on its arguments before touching memory. They
+// throw std::invalid_argument naming the argument.
+void check_ndim(const ArrayView& v, int ndim, const char* name);
+void check_dtype(const ArrayView& v, std::initializer_list<DType> allowed, const char* name);
+void check_contiguous(const ArrayView& v, const char* name);
+void check_writable(const ArrayView& v, const char* name);
+void check_shape(const ArrayView& v, std::initializer_list<int64_t> shape, const char* name);
+void check_same_device(const ArrayView& a, const char* a_name, const ArrayView& b, const char* b_name);
+
+}  // namespace wsss

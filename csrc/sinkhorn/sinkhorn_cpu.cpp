@@ -1,0 +1,146 @@
+// Sinkhorn-Knopp on the CPU: OpenMP over fixed row chunks, each chunk
+// streaming its rows once per iteration in small blocks that stay in cache.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "common/parallel.h"
+#include "sinkhorn/sinkhorn.h"
+
+namespace wsss::sinkhorn {
+namespace {
+
+// Rows processed together: re-read three times per step (row LSE, block
+// column max, column sums), so they must stay in L2 (16 x 3000 fp32 = 192 KB).
+constexpr int64_t kBlockRows = 16;
+
+// LSE_k(z_ik + f_k) of one row, in two vectorised passes.
+template <class C, class S>
+WSSS_CPU_VECTORIZED C row_logsumexp(const S* row, const C* f, int64_t k_count, C inv_eps) {
+  C max = negative_infinity<C>();
+#pragma omp simd reduction(max : max)
+  for (int64_t k = 0; k < k_count; ++k) {
+    const C x = logit<C>(row, k, inv_eps) + f[k];
+    max = x > max ? x : max;
+  }
+  C sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t k = 0; k < k_count; ++k) sum += exp_or_nan(logit<C>(row, k, inv_eps) + f[k] - max);
+  return max + std::log(sum);
+}
+
+// Rows [r0, r1): optionally balance their g, then fold the column statistics
+// of z + g into (chunk_max, chunk_sum). block_max is K scratch values.
+template <class C, class S>
+WSSS_CPU_VECTORIZED void step_rows(const S* scores, int64_t k_count, int64_t r0, int64_t r1, const C* f, C* g,
+                                   bool update_g, C inv_eps, C log_n, C* chunk_max, C* chunk_sum, C* block_max) {
+  for (int64_t k = 0; k < k_count; ++k) {
+    chunk_max[k] = negative_infinity<C>();
+    chunk_sum[k] = 0;
+  }
+  for (int64_t b0 = r0; b0 < r1; b0 += kBlockRows) {
+    const int64_t b1 = std::min(b0 + kBlockRows, r1);
+    if (update_g)
+      for (int64_t i = b0; i < b1; ++i)
+        g[i] = sample_potential(row_logsumexp(scores + i * k_count, f, k_count, inv_eps), log_n);
+
+    for (int64_t k = 0; k < k_count; ++k) block_max[k] = chunk_max[k];
+    for (int64_t i = b0; i < b1; ++i) {
+      const S* row = scores + i * k_count;
+      const C gi = g[i];
+#pragma omp simd
+      for (int64_t k = 0; k < k_count; ++k) {
+        const C x = logit<C>(row, k, inv_eps) + gi;
+        block_max[k] = x > block_max[k] ? x : block_max[k];
+      }
+    }
+    // Rescale the running sums to the new maxima (exp(-inf) = 0 on the first block).
+#pragma omp simd
+    for (int64_t k = 0; k < k_count; ++k) {
+      chunk_sum[k] *= exp_polynomial(chunk_max[k] - block_max[k]);
+      chunk_max[k] = block_max[k];
+    }
+    for (int64_t i = b0; i < b1; ++i) {
+      const S* row = scores + i * k_count;
+      const C gi = g[i];
+#pragma omp simd
+      for (int64_t k = 0; k < k_count; ++k) chunk_sum[k] += exp_or_nan(logit<C>(row, k, inv_eps) + gi - chunk_max[k]);
+    }
+  }
+}
+
+template <class C>
+void merge_chunks(const C* partials, int64_t chunks, int64_t k_count, C* col_max, C* col_sumexp) {
+  const C* maxima = partials;
+  const C* sums = partials + chunks * k_count;
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < k_count; ++k) {
+    C max = negative_infinity<C>(), sum = 0;
+    for (int64_t c = 0; c < chunks; ++c) logsumexp_merge(max, sum, maxima[c * k_count + k], sums[c * k_count + k]);
+    col_max[k] = max;
+    col_sumexp[k] = sum;
+  }
+}
+
+template <class C, class S>
+WSSS_CPU_VECTORIZED void codes_row(const S* row, const C* f, int64_t k_count, C inv_eps, C* out) {
+  C max = negative_infinity<C>();
+#pragma omp simd reduction(max : max)
+  for (int64_t k = 0; k < k_count; ++k) {
+    const C x = logit<C>(row, k, inv_eps) + f[k];
+    max = x > max ? x : max;
+  }
+  C sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t k = 0; k < k_count; ++k) {
+    out[k] = exp_or_nan(logit<C>(row, k, inv_eps) + f[k] - max);
+    sum += out[k];
+  }
+  const C inv_sum = C(1) / sum;
+#pragma omp simd
+  for (int64_t k = 0; k < k_count; ++k) out[k] *= inv_sum;
+}
+
+}  // namespace
+
+void step_cpu(const StepArgs& args) {
+  dispatch_floating(args.scores.dtype, "scores", [&](auto storage_tag) {
+    using S = decltype(storage_tag);
+    using C = compute_t<S>;
+    const S* scores = args.scores.as<const S>();
+    const int64_t n = args.scores.shape[0], k_count = args.scores.shape[1];
+    const int64_t chunks = num_chunks(n, /*cuda=*/false);
+    const int64_t rows = chunk_rows(n, chunks);
+    C* partials = args.partials.as<C>();
+    const C* f = args.f.as<const C>();
+    C* g = args.g.as<C>();
+    const C inv_eps = static_cast<C>(args.inv_eps), log_n = static_cast<C>(args.log_n);
+#pragma omp parallel
+    {
+      std::vector<C> block_max(static_cast<size_t>(k_count));
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t r0 = std::min(c * rows, n), r1 = std::min(r0 + rows, n);
+        step_rows(scores, k_count, r0, r1, f, g, args.update_g, inv_eps, log_n, partials + c * k_count,
+                  partials + (chunks + c) * k_count, block_max.data());
+      }
+    }
+    merge_chunks(partials, chunks, k_count, args.col_max.as<C>(), args.col_sumexp.as<C>());
+  });
+}
+
+void codes_cpu(const CodesArgs& args) {
+  dispatch_floating(args.scores.dtype, "scores", [&](auto storage_tag) {
+    using S = decltype(storage_tag);
+    using C = compute_t<S>;
+    const S* scores = args.scores.as<const S>();
+    const int64_t n = args.scores.shape[0], k_count = args.scores.shape[1];
+    const C* f = args.f.as<const C>();
+    C* out = args.codes.as<C>();
+    const C inv_eps = static_cast<C>(args.inv_eps);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) codes_row(scores + i * k_count, f, k_count, inv_eps, out + i * k_count);
+  });
+}
+
+}  // namespace wsss::sinkhorn

@@ -1,0 +1,17 @@
+"""wsss_ext: fast, batched CPU and CUDA kernels for weakly- and self-supervised
+semantic segmentation, behind a PyTorch API.
+
+    >>> import torch, wsss_ext
+    >>> codes = wsss_ext.sinkhorn_knopp(torch.randn(256, 30))
+    >>> codes.shape, bool(torch.allclose(codes.sum(1), torch.ones(256)))
+    (torch.Size([256, 30]), True)
+
+Layers: ``wsss_ext.ops`` (the kernels), ``wsss_ext.reference`` (plain-PyTorch
+oracles of each kernel), ``wsss_ext.lowlevel`` (the raw kernels, for torch,
+numpy or cupy arrays).
+"""
+
+from wsss_ext._info import __version__, build_info
+from wsss_ext.ops import sinkhorn_knopp
+
+__all__ = ["__version__", "build_info", "sinkhorn_knopp"]
