@@ -128,7 +128,7 @@ def test_non_contiguous_scores_equal_contiguous():
     torch.testing.assert_close(wsss_ext.sinkhorn_knopp(transposed), wsss_ext.sinkhorn_knopp(scores), rtol=0, atol=0)
 
 
-def test_result_does_not_depend_on_the_thread_count():
+def test_result_does_not_depend_on_the_thread_count(tmp_path):
     program = (
         "import torch, wsss_ext\n"
         "g = torch.Generator().manual_seed(0)\n"
@@ -138,8 +138,9 @@ def test_result_does_not_depend_on_the_thread_count():
     outputs = set()
     for threads in ("1", "2"):
         env = dict(os.environ, OMP_NUM_THREADS=threads)
+        # cwd elsewhere: `python -c` would import the source tree, which has no compiled _C
         outputs.add(subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True,
-                                   check=True).stdout)
+                                   check=True, cwd=tmp_path).stdout)
     assert len(outputs) == 1, outputs
 
 
