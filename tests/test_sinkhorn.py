@@ -114,6 +114,12 @@ def test_identical_samples_get_uniform_codes(device, n_iters):
     torch.testing.assert_close(codes, torch.full((64, 25), 1 / 25, device=device), rtol=0, atol=1e-6)
 
 
+def test_many_fixed_iterations_are_not_capped_by_max_iters():
+    scores = cosine_scores(30, 7)
+    torch.testing.assert_close(wsss_ext.sinkhorn_knopp(scores, n_iters=1200),
+                               sinkhorn_swav(scores, n_iters=1200), rtol=1e-10, atol=1e-12)
+
+
 def test_result_is_a_target_not_a_graph_node():
     scores = cosine_scores(10, 4).requires_grad_()
     codes = wsss_ext.sinkhorn_knopp(scores)

@@ -14,15 +14,26 @@ namespace {
 // column max, column sums), so they must stay in L2 (16 x 3000 fp32 = 192 KB).
 constexpr int64_t kBlockRows = 16;
 
-// LSE_k(z_ik + f_k) of one row, in two vectorised passes.
+// Below this many elements a parallel region costs more than it saves.
+constexpr int64_t kMinParallelElements = 1 << 15;
+
+// max_k(z_ik + f_k) of one row. The helpers below are plain inline functions
+// so that they are inlined, and vectorised, inside each ISA clone of their callers.
 template <class C, class S>
-WSSS_CPU_VECTORIZED C row_logsumexp(const S* row, const C* f, int64_t k_count, C inv_eps) {
+inline C row_max(const S* row, const C* f, int64_t k_count, C inv_eps) {
   C max = negative_infinity<C>();
 #pragma omp simd reduction(max : max)
   for (int64_t k = 0; k < k_count; ++k) {
     const C x = logit<C>(row, k, inv_eps) + f[k];
     max = x > max ? x : max;
   }
+  return max;
+}
+
+// LSE_k(z_ik + f_k) of one row, in two vectorised passes.
+template <class C, class S>
+inline C row_logsumexp(const S* row, const C* f, int64_t k_count, C inv_eps) {
+  const C max = row_max(row, f, k_count, inv_eps);
   C sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t k = 0; k < k_count; ++k) sum += exp_or_nan(logit<C>(row, k, inv_eps) + f[k] - max);
@@ -73,7 +84,7 @@ template <class C>
 void merge_chunks(const C* partials, int64_t chunks, int64_t k_count, C* col_max, C* col_sumexp) {
   const C* maxima = partials;
   const C* sums = partials + chunks * k_count;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (chunks * k_count >= kMinParallelElements)
   for (int64_t k = 0; k < k_count; ++k) {
     C max = negative_infinity<C>(), sum = 0;
     for (int64_t c = 0; c < chunks; ++c) logsumexp_merge(max, sum, maxima[c * k_count + k], sums[c * k_count + k]);
@@ -84,12 +95,7 @@ void merge_chunks(const C* partials, int64_t chunks, int64_t k_count, C* col_max
 
 template <class C, class S>
 WSSS_CPU_VECTORIZED void codes_row(const S* row, const C* f, int64_t k_count, C inv_eps, C* out) {
-  C max = negative_infinity<C>();
-#pragma omp simd reduction(max : max)
-  for (int64_t k = 0; k < k_count; ++k) {
-    const C x = logit<C>(row, k, inv_eps) + f[k];
-    max = x > max ? x : max;
-  }
+  const C max = row_max(row, f, k_count, inv_eps);
   C sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t k = 0; k < k_count; ++k) {
@@ -115,7 +121,7 @@ void step_cpu(const StepArgs& args) {
     const C* f = args.f.as<const C>();
     C* g = args.g.as<C>();
     const C inv_eps = static_cast<C>(args.inv_eps), log_n = static_cast<C>(args.log_n);
-#pragma omp parallel
+#pragma omp parallel if (n * k_count >= kMinParallelElements)
     {
       std::vector<C> block_max(static_cast<size_t>(k_count));
 #pragma omp for schedule(dynamic, 1)
@@ -138,7 +144,7 @@ void codes_cpu(const CodesArgs& args) {
     const C* f = args.f.as<const C>();
     C* out = args.codes.as<C>();
     const C inv_eps = static_cast<C>(args.inv_eps);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * k_count >= kMinParallelElements)
     for (int64_t i = 0; i < n; ++i) codes_row(scores + i * k_count, f, k_count, inv_eps, out + i * k_count);
   });
 }

@@ -190,7 +190,8 @@ def sinkhorn_knopp(
     epsilon = check_real(epsilon, "epsilon", positive=True)
     n_iters = check_int(n_iters, "n_iters", minimum=0)
     tol = check_real(tol, "tol", positive=True, allow_none=True)
-    max_iters = check_int(max_iters, "max_iters", minimum=max(n_iters, 1))
+    # max_iters only caps the iterations to tol; without tol, n_iters is the count.
+    max_iters = check_int(max_iters, "max_iters", minimum=max(n_iters, 1) if tol is not None else 1)
     n, k = scores.shape
     if n == 0 or k == 0:
         raise ValueError(f"scores must have at least one sample and one prototype, got shape {tuple(scores.shape)}")
