@@ -11,6 +11,15 @@ oracles of each kernel), ``wsss_ext.lowlevel`` (the raw kernels, for torch,
 numpy or cupy arrays).
 """
 
+try:
+    from wsss_ext import _C  # noqa: F401
+except ImportError as error:  # the usual cause: importing the repository's source folder
+    raise ImportError(
+        "wsss_ext's compiled extension (wsss_ext._C) was not found. If the current directory is the "
+        "wsss_ext repository, Python is importing its source folder instead of the installed package: "
+        "run from another directory, or install in place with `pip install -e .`."
+    ) from error
+
 from wsss_ext._info import __version__, build_info
 from wsss_ext.ops import sinkhorn_knopp
 
