@@ -222,12 +222,13 @@ def test_bad_arguments(kwargs, error, message):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n_iters", [0, 3])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_scores_are_refused(device, bad):
+def test_non_finite_scores_are_refused(device, n_iters, bad):
     scores = torch.randn(64, 5, device=device)
     scores[37, 2] = bad
     with pytest.raises(ValueError, match="scores contain NaN or inf"):
-        wsss_ext.sinkhorn_knopp(scores)
+        wsss_ext.sinkhorn_knopp(scores, n_iters=n_iters)
 
 
 def test_scores_that_overflow_when_divided_by_epsilon_are_refused():

@@ -220,10 +220,7 @@ def sinkhorn_knopp(
                 _, *stats = _balance_samples(scores, f, inv_eps, log_n)
             column_lse = _global_logsumexp(*stats, process_group)
             if iteration == 0 and not bool(torch.isfinite(column_lse).all()):
-                raise ValueError(
-                    "scores contain NaN or inf (or values that overflow when divided by "
-                    f"epsilon={epsilon}); sinkhorn_knopp needs finite scores"
-                )
+                raise _non_finite_scores(epsilon)
             if tol is not None and iteration > 0:
                 # Prototype masses of the plan whose samples were just balanced.
                 error = float((torch.exp(f + column_lse) - 1.0 / k).abs().sum())
@@ -241,8 +238,22 @@ def sinkhorn_knopp(
     if tol is not None and error >= tol:
         warnings.warn(
             f"sinkhorn_knopp did not reach tol={tol:g} in {max_iters} iterations "
-            f"(marginal error {error:.3g}); raise max_iters or epsilon",
+            f"(marginal error {error:.3g}); raise max_iters or epsilon"
+            + ("; float32 iterates stall near 1e-6, pass float64 scores for a finer tol" if dtype != torch.float64
+               else ""),
             RuntimeWarning,
             stacklevel=2,
         )
-    return _codes(scores, f, inv_eps)
+    codes = _codes(scores, f, inv_eps)
+    # Without iterations nothing above has looked at the scores; the codes of a
+    # non-finite score are NaN (the kernel's exp marks them).
+    if iteration == 0 and not bool(torch.isfinite(codes).all()):
+        raise _non_finite_scores(epsilon)
+    return codes
+
+
+def _non_finite_scores(epsilon: float) -> ValueError:
+    return ValueError(
+        f"scores contain NaN or inf (or values that overflow when divided by epsilon={epsilon}); "
+        "sinkhorn_knopp needs finite scores"
+    )
