@@ -219,8 +219,8 @@ def sinkhorn_knopp(
             else:
                 _, *stats = _balance_samples(scores, f, inv_eps, log_n)
             column_lse = _global_logsumexp(*stats, process_group)
-            if iteration == 0 and not bool(torch.isfinite(column_lse).all()):
-                raise _non_finite_scores(epsilon)
+            if iteration == 0:
+                _require_finite_scores(column_lse, epsilon)
             if tol is not None and iteration > 0:
                 # Prototype masses of the plan whose samples were just balanced.
                 error = float((torch.exp(f + column_lse) - 1.0 / k).abs().sum())
@@ -245,15 +245,20 @@ def sinkhorn_knopp(
             stacklevel=2,
         )
     codes = _codes(scores, f, inv_eps)
-    # Without iterations nothing above has looked at the scores; the codes of a
-    # non-finite score are NaN (the kernel's exp marks them).
-    if iteration == 0 and not bool(torch.isfinite(codes).all()):
-        raise _non_finite_scores(epsilon)
+    if iteration == 0:  # no iteration ran, so nothing above has looked at the scores
+        _require_finite_scores(codes, epsilon)
     return codes
 
 
-def _non_finite_scores(epsilon: float) -> ValueError:
-    return ValueError(
-        f"scores contain NaN or inf (or values that overflow when divided by epsilon={epsilon}); "
-        "sinkhorn_knopp needs finite scores"
-    )
+def _require_finite_scores(derived: Tensor, epsilon: float) -> None:
+    """Raise if ``derived`` (column statistics or codes) holds a non-finite value.
+
+    The kernels' exp turns any NaN or +-inf score into NaN in everything
+    computed from it, so checking this derived tensor checks the scores
+    without another pass over them. One host sync on CUDA.
+    """
+    if not bool(torch.isfinite(derived).all()):
+        raise ValueError(
+            f"scores contain NaN or inf (or values that overflow when divided by epsilon={epsilon}); "
+            "sinkhorn_knopp needs finite scores"
+        )
