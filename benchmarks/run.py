@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -80,6 +81,18 @@ def format_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _earlier_records(path: Path, rerun_kernels: set[str]) -> list[dict]:
+    """The records of the other kernels in an earlier results file, so that
+    ``--only`` updates one kernel's results without dropping the rest."""
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    kept = [record for record in earlier.get("records", []) if record["kernel"] not in rerun_kernels]
+    for record in kept:
+        record.setdefault("date", earlier.get("date"))
+    return kept
+
+
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -105,26 +118,29 @@ def main(argv: list[str] | None = None) -> int:
         f"wsss_ext {wsss_ext.__version__} on {name}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, load average {load_average[0]:.2f}"
     )
+    date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     records = []
     for kernel in args.only or sorted(benches):
         print(f"{kernel}:", flush=True)
-        records += load_bench(kernel, benches[kernel]).run(args.device, args.quick)
+        for record in load_bench(kernel, benches[kernel]).run(args.device, args.quick):
+            records.append({**record, "date": date})
 
     print()
     print(format_table(records))
+    # A smoke run never overwrites the real results of the same device.
+    stem = args.out / (device_slug(name) + ("-quick" if args.quick else ""))
+    kept = _earlier_records(stem.with_suffix(".json"), {record["kernel"] for record in records})
     results = {
         "device": name,
         "device_type": args.device,
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "date": date,
         "quick": args.quick,
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "load_average_at_start": load_average,
         "build_info": wsss_ext.build_info(),
-        "records": records,
+        "records": kept + records,
     }
-    # A smoke run never overwrites the real results of the same device.
-    stem = args.out / (device_slug(name) + ("-quick" if args.quick else ""))
     write_results(results, stem.with_suffix(".json"))
     plot_results(results, stem.with_suffix(".png"))
     print(f"\nwrote {stem}.json and {stem}.png")

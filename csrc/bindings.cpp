@@ -12,6 +12,7 @@
 #include "common/cuda_device.h"
 #include "common/parallel.h"
 #include "common/philox.h"
+#include "dense_crf/dense_crf.h"
 #include "sinkhorn/sinkhorn.h"
 
 namespace py = pybind11;
@@ -105,6 +106,38 @@ ArrayView to_view(py::handle obj, const char* arg) {
              std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
 }
 
+// A lattice travels from Python as a dict of its buffers (ops/dense_crf.py
+// owns them) plus its geometry; missing or None buffers stay empty views.
+wsss::dense_crf::Lattice lattice_from_dict(const py::dict& buffers) {
+  using wsss::dense_crf::Lattice;
+  Lattice lattice;
+  lattice.dims = buffers["dims"].cast<int>();
+  lattice.images = buffers["images"].cast<int64_t>();
+  lattice.height = buffers["height"].cast<int64_t>();
+  lattice.width = buffers["width"].cast<int64_t>();
+  static const std::pair<const char*, ArrayView Lattice::*> kFields[] = {
+      {"simplex", &Lattice::simplex},
+      {"weights", &Lattice::weights},
+      {"entry_rep", &Lattice::entry_rep},
+      {"entry_vertex", &Lattice::entry_vertex},
+      {"slots", &Lattice::slots},
+      {"vertex_entry", &Lattice::vertex_entry},
+      {"counter", &Lattice::counter},
+      {"neighbours", &Lattice::neighbours},
+      {"splat_start", &Lattice::splat_start},
+      {"splat_pixels", &Lattice::splat_pixels},
+      {"splat_weights", &Lattice::splat_weights},
+      {"norm", &Lattice::norm},
+      {"scratch", &Lattice::scratch},
+  };
+  for (const auto& [name, field] : kFields)
+    if (buffers.contains(name) && !buffers[name].is_none()) lattice.*field = to_view(buffers[name], name);
+  return lattice;
+}
+
+// None -> an empty view (data null), for optional outputs.
+ArrayView optional_view(py::handle obj, const char* arg) { return obj.is_none() ? ArrayView{} : to_view(obj, arg); }
+
 py::dict build_info() {
   py::dict info;
   info["version"] = WSSS_VERSION;
@@ -188,4 +221,57 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("scores"), py::arg("f"), py::arg("codes"), py::arg("inv_eps"), py::arg("stream") = 0,
       "codes[i, k] = softmax_k(scores[i, k] / eps + f[k]).");
+
+  m.def(
+      "dense_crf_build_vertices",
+      [](py::dict lattice, py::handle image, double sxy, double srgb, uintptr_t stream) {
+        auto lat = lattice_from_dict(lattice);
+        const ArrayView image_view = to_view(image, "image");
+        py::gil_scoped_release no_gil;
+        return wsss::dense_crf::build_vertices(lat, image_view, sxy, srgb, stream);
+      },
+      py::arg("lattice"), py::arg("image"), py::arg("sxy"), py::arg("srgb"), py::arg("stream") = 0,
+      "Embeds every pixel of image [B, 3, H, W] uint8 in the lattice (dims 2: x, y over sxy; 5: also r, g, b "
+      "over srgb), merges equal corners and returns the vertex count M (synchronises the stream on CUDA).");
+
+  m.def("dense_crf_scratch_bytes", &wsss::dense_crf::scratch_bytes, py::arg("vertices"), py::arg("entries"),
+        py::arg("cuda"), "Bytes of the lattice's `scratch` buffer dense_crf_link needs.");
+
+  m.def(
+      "dense_crf_link",
+      [](py::dict lattice, int64_t vertices, py::handle values_a, py::handle values_b, uintptr_t stream) {
+        const auto lat = lattice_from_dict(lattice);
+        const ArrayView a = to_view(values_a, "values_a"), b = to_view(values_b, "values_b");
+        py::gil_scoped_release no_gil;
+        wsss::dense_crf::link(lat, vertices, a, b, stream);
+      },
+      py::arg("lattice"), py::arg("vertices"), py::arg("values_a"), py::arg("values_b"), py::arg("stream") = 0,
+      "Blur neighbours, splat lists and the symmetric normalisation of a built lattice.");
+
+  m.def(
+      "dense_crf_filter",
+      [](py::dict lattice, int64_t vertices, py::handle q, py::handle out, double coefficient, bool accumulate,
+         py::handle values_a, py::handle values_b, uintptr_t stream) {
+        const auto lat = lattice_from_dict(lattice);
+        const ArrayView q_view = to_view(q, "q"), out_view = to_view(out, "out");
+        const ArrayView a = to_view(values_a, "values_a"), b = to_view(values_b, "values_b");
+        py::gil_scoped_release no_gil;
+        wsss::dense_crf::filter(lat, vertices, q_view, out_view, coefficient, accumulate, a, b, stream);
+      },
+      py::arg("lattice"), py::arg("vertices"), py::arg("q"), py::arg("out"), py::arg("coefficient"),
+      py::arg("accumulate"), py::arg("values_a"), py::arg("values_b"), py::arg("stream") = 0,
+      "out (+)= coefficient * D^-1/2 K D^-1/2 q, q and out pixel-major rows [B*H*W, width] float32.");
+
+  m.def(
+      "dense_crf_softmax",
+      [](py::handle unary, py::handle pairwise, py::handle q, py::handle q_out, uintptr_t stream) {
+        const ArrayView u = to_view(unary, "unary"), pw = optional_view(pairwise, "pairwise");
+        const ArrayView q_view = to_view(q, "q"), out = optional_view(q_out, "q_out");
+        py::gil_scoped_release no_gil;
+        wsss::dense_crf::softmax(u, pw, q_view, out, stream);
+      },
+      py::arg("unary"), py::arg("pairwise"), py::arg("q"), py::arg("q_out"), py::arg("stream") = 0,
+      "q = softmax(-unary + pairwise) per pixel (pairwise None: softmax(-unary)); unary [B, L, H, W]; q and "
+      "pairwise pixel-major rows [B*H*W, width >= L], lanes past L zeroed; q_out, if given, receives q as "
+      "[B, L, H, W].");
 }

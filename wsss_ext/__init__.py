@@ -7,7 +7,7 @@ semantic segmentation, behind a PyTorch API.
     (torch.Size([256, 30]), True)
 
 Layers: ``wsss_ext.ops`` (the kernels), ``wsss_ext.reference`` (plain-PyTorch
-oracles of each kernel), ``wsss_ext.lowlevel`` (the raw kernels, for torch,
+oracles of each kernel), ``wsss_ext.nn`` (module forms), ``wsss_ext.lowlevel`` (the raw kernels, for torch,
 numpy or cupy arrays).
 """
 
@@ -21,6 +21,15 @@ except ImportError as error:  # the usual cause: importing the repository's sour
     ) from error
 
 from wsss_ext._info import __version__, build_info
-from wsss_ext.ops import sinkhorn_knopp
+from wsss_ext import nn
+from wsss_ext.ops import dense_crf, sinkhorn_knopp, unary_from_labels, unary_from_probs
 
-__all__ = ["__version__", "build_info", "sinkhorn_knopp"]
+__all__ = [
+    "__version__",
+    "build_info",
+    "dense_crf",
+    "nn",
+    "sinkhorn_knopp",
+    "unary_from_labels",
+    "unary_from_probs",
+]

@@ -3,7 +3,9 @@
 Every function here takes arrays that expose their memory (torch tensors,
 numpy arrays, cupy arrays or anything with ``__array_interface__`` /
 ``__cuda_array_interface__``), writes its outputs into arrays the caller
-allocated, and returns nothing. Arguments are checked in C++ (dtype, shape,
+allocated, and returns nothing, or a size the caller needs to allocate the
+next buffers (``dense_crf_build_vertices``: the lattice's vertex count; see
+``wsss_ext/ops/dense_crf.py`` for the lattice's buffers). Arguments are checked in C++ (dtype, shape,
 device, contiguity, writability) and errors are raised as ``ValueError`` /
 ``TypeError`` naming the argument; no allocation happens inside.
 
@@ -28,6 +30,28 @@ Example, Sinkhorn codes from numpy with one balancing step::
     True
 """
 
-from wsss_ext._C import ArrayView, philox4x32_10, sinkhorn_codes, sinkhorn_num_chunks, sinkhorn_step
+from wsss_ext._C import (
+    ArrayView,
+    dense_crf_build_vertices,
+    dense_crf_filter,
+    dense_crf_link,
+    dense_crf_scratch_bytes,
+    dense_crf_softmax,
+    philox4x32_10,
+    sinkhorn_codes,
+    sinkhorn_num_chunks,
+    sinkhorn_step,
+)
 
-__all__ = ["ArrayView", "philox4x32_10", "sinkhorn_codes", "sinkhorn_num_chunks", "sinkhorn_step"]
+__all__ = [
+    "ArrayView",
+    "dense_crf_build_vertices",
+    "dense_crf_filter",
+    "dense_crf_link",
+    "dense_crf_scratch_bytes",
+    "dense_crf_softmax",
+    "philox4x32_10",
+    "sinkhorn_codes",
+    "sinkhorn_num_chunks",
+    "sinkhorn_step",
+]

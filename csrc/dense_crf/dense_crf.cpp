@@ -1,0 +1,198 @@
+// Dense CRF entry points: the C++ safety net of argument checks (Python has
+// already given friendlier messages), then the backend for the device.
+#include "dense_crf/dense_crf.h"
+
+#include <cmath>
+#include <limits>
+
+namespace wsss::dense_crf {
+namespace {
+
+constexpr int64_t kMaxIndex = std::numeric_limits<int32_t>::max();
+
+void check_buffer(const ArrayView& buffer, const char* name, DType dtype, const ArrayView& like, const char* like_name,
+                  bool written) {
+  check_same_device(buffer, name, like, like_name);
+  check_dtype(buffer, {dtype}, name);
+  check_contiguous(buffer, name);
+  if (written) check_writable(buffer, name);
+}
+
+void check_min_size(const ArrayView& buffer, int64_t size, const char* name) {
+  WSSS_CHECK(buffer.numel() >= size, name, " needs at least ", size, " elements, got ", buffer.describe());
+}
+
+// The buffers build_vertices() fills and link() reads, on the device of `like`.
+void check_build_buffers(const Lattice& lat, const ArrayView& like, const char* like_name) {
+  WSSS_CHECK(lat.dims == kGaussianDims || lat.dims == kBilateralDims, "lattice dims must be 2 or 5, got ", lat.dims);
+  const int64_t e = lat.entries();
+  WSSS_CHECK(e > 0, "the lattice needs at least one pixel");
+  WSSS_CHECK(e < kMaxIndex, "too many pixels for one call: ", lat.images, " images of ", lat.height, "x", lat.width,
+             " need ", e, " lattice entries (limit ", kMaxIndex, "); split the batch");
+  check_buffer(lat.simplex, "simplex", DType::kInt32, like, like_name, true);
+  check_shape(lat.simplex, {lat.images * lat.pixels(), lat.dims}, "simplex");
+  check_buffer(lat.weights, "weights", DType::kFloat32, like, like_name, true);
+  check_shape(lat.weights, {e}, "weights");
+  for (const auto& [view, name] : {std::pair{&lat.entry_rep, "entry_rep"}, std::pair{&lat.entry_vertex, "entry_vertex"},
+                                   std::pair{&lat.vertex_entry, "vertex_entry"}}) {
+    check_buffer(*view, name, DType::kInt32, like, like_name, true);
+    check_shape(*view, {e}, name);
+  }
+  check_buffer(lat.slots, "slots", DType::kInt32, like, like_name, true);
+  check_ndim(lat.slots, 1, "slots");
+  const int64_t capacity = lat.slots.shape[0];
+  WSSS_CHECK(capacity > e && (capacity & (capacity - 1)) == 0,
+             "slots must hold a power of two larger than the entry count ", e, ", got ", lat.slots.describe());
+  check_buffer(lat.counter, "counter", DType::kInt32, like, like_name, true);
+  check_shape(lat.counter, {1}, "counter");
+}
+
+void check_linked_buffers(const Lattice& lat, int64_t vertices) {
+  const ArrayView& like = lat.weights;  // build-only buffers may be gone by now
+  WSSS_CHECK(vertices > 0 && vertices <= lat.entries(), "vertices must be in [1, ", lat.entries(), "], got ",
+             vertices);
+  check_buffer(lat.neighbours, "neighbours", DType::kInt32, like, "weights", true);
+  check_shape(lat.neighbours, {lat.dims + 1, vertices, 2}, "neighbours");
+  check_buffer(lat.splat_start, "splat_start", DType::kInt32, like, "weights", true);
+  check_shape(lat.splat_start, {vertices + 1}, "splat_start");
+  check_buffer(lat.splat_pixels, "splat_pixels", DType::kInt32, like, "weights", true);
+  check_shape(lat.splat_pixels, {lat.entries()}, "splat_pixels");
+  check_buffer(lat.splat_weights, "splat_weights", DType::kFloat32, like, "weights", true);
+  check_shape(lat.splat_weights, {lat.entries()}, "splat_weights");
+  check_buffer(lat.entry_vertex, "entry_vertex", DType::kInt32, like, "weights", true);
+  check_shape(lat.entry_vertex, {lat.entries()}, "entry_vertex");
+  check_buffer(lat.norm, "norm", DType::kFloat32, like, "weights", true);
+  check_shape(lat.norm, {lat.images * lat.pixels()}, "norm");
+}
+
+void check_values(const ArrayView& values, const char* name, int64_t size, const ArrayView& like) {
+  check_buffer(values, name, DType::kFloat32, like, "weights", true);
+  check_min_size(values, size, name);
+}
+
+#if !defined(WSSS_WITH_CUDA)
+[[noreturn]] void no_cuda(const char* name) {
+  throw std::invalid_argument(concat(name, " is a CUDA array but wsss_ext was built without CUDA"));
+}
+#endif
+
+}  // namespace
+
+int64_t build_vertices(Lattice& lattice, const ArrayView& image, double sxy, double srgb, uintptr_t stream) {
+  check_ndim(image, 4, "image");
+  check_dtype(image, {DType::kUInt8}, "image");
+  check_contiguous(image, "image");
+  WSSS_CHECK(image.shape[1] == 3, "image must have 3 channels (RGB), got ", image.describe());
+  lattice.images = image.shape[0];
+  lattice.height = image.shape[2];
+  lattice.width = image.shape[3];
+  check_build_buffers(lattice, image, "image");
+  WSSS_CHECK(std::isfinite(sxy) && sxy > 0, "sxy must be finite and > 0, got ", sxy);
+  WSSS_CHECK(lattice.dims == kGaussianDims || (std::isfinite(srgb) && srgb > 0), "srgb must be finite and > 0, got ",
+             srgb);
+  if (image.is_cuda()) {
+#if defined(WSSS_WITH_CUDA)
+    return build_vertices_cuda(lattice, image, sxy, srgb, stream);
+#else
+    no_cuda("image");
+#endif
+  }
+  (void)stream;
+  return build_vertices_cpu(lattice, image, sxy, srgb);
+}
+
+int64_t scratch_bytes(int64_t vertices, int64_t entries, bool cuda) {
+#if defined(WSSS_WITH_CUDA)
+  if (cuda) return scratch_bytes_cuda(vertices, entries);
+#endif
+  (void)vertices;
+  (void)entries;
+  (void)cuda;
+  return 0;
+}
+
+void link(const Lattice& lattice, int64_t vertices, const ArrayView& values_a, const ArrayView& values_b,
+          uintptr_t stream) {
+  check_build_buffers(lattice, lattice.weights, "weights");
+  check_linked_buffers(lattice, vertices);
+  check_buffer(lattice.scratch, "scratch", DType::kUInt8, lattice.weights, "weights", true);
+  check_min_size(lattice.scratch, scratch_bytes(vertices, lattice.entries(), lattice.weights.is_cuda()), "scratch");
+  check_values(values_a, "values_a", vertices, lattice.weights);
+  check_values(values_b, "values_b", vertices, lattice.weights);
+  if (lattice.weights.is_cuda()) {
+#if defined(WSSS_WITH_CUDA)
+    link_cuda(lattice, vertices, values_a.as<float>(), values_b.as<float>(), stream);
+    return;
+#else
+    no_cuda("weights");
+#endif
+  }
+  (void)stream;
+  link_cpu(lattice, vertices, values_a.as<float>(), values_b.as<float>());
+}
+
+void filter(const Lattice& lattice, int64_t vertices, const ArrayView& q, const ArrayView& out, double coefficient,
+            bool accumulate, const ArrayView& values_a, const ArrayView& values_b, uintptr_t stream) {
+  check_linked_buffers(lattice, vertices);
+  check_ndim(q, 2, "q");
+  const int64_t width = q.shape[1];
+  WSSS_CHECK(width > 0, "q needs at least one label, got ", q.describe());
+  check_buffer(q, "q", DType::kFloat32, lattice.weights, "weights", false);
+  check_shape(q, {lattice.images * lattice.pixels(), width}, "q");
+  check_buffer(out, "out", DType::kFloat32, lattice.weights, "weights", true);
+  check_shape(out, {lattice.images * lattice.pixels(), width}, "out");
+  check_values(values_a, "values_a", vertices * width, lattice.weights);
+  check_values(values_b, "values_b", vertices * width, lattice.weights);
+  WSSS_CHECK(std::isfinite(coefficient), "coefficient must be finite, got ", coefficient);
+  const float c = static_cast<float>(coefficient);
+  if (q.is_cuda()) {
+#if defined(WSSS_WITH_CUDA)
+    filter_cuda(lattice, vertices, q.as<float>(), out.as<float>(), width, c, accumulate, values_a.as<float>(),
+                values_b.as<float>(), stream);
+    return;
+#else
+    no_cuda("q");
+#endif
+  }
+  (void)stream;
+  filter_cpu(lattice, vertices, q.as<float>(), out.as<float>(), width, c, accumulate, values_a.as<float>(),
+             values_b.as<float>());
+}
+
+void softmax(const ArrayView& unary, const ArrayView& pairwise, const ArrayView& q, const ArrayView& q_out,
+             uintptr_t stream) {
+  check_ndim(unary, 4, "unary");
+  check_dtype(unary, {DType::kFloat16, DType::kBFloat16, DType::kFloat32, DType::kFloat64}, "unary");
+  check_contiguous(unary, "unary");
+  const int64_t n_labels = unary.shape[1];
+  const int64_t rows = unary.shape[0] * unary.shape[2] * unary.shape[3];
+  WSSS_CHECK(n_labels > 0 && rows > 0, "unary must not be empty, got ", unary.describe());
+  WSSS_CHECK(rows < kMaxIndex, "unary has too many pixels for one call: ", unary.describe());
+  check_buffer(q, "q", DType::kFloat32, unary, "unary", true);
+  check_ndim(q, 2, "q");
+  const int64_t width = q.shape[1];
+  WSSS_CHECK(q.shape[0] == rows && width >= n_labels, "q must be [", rows, ", >= ", n_labels, "], got ",
+             q.describe());
+  if (pairwise.data != nullptr) {
+    check_buffer(pairwise, "pairwise", DType::kFloat32, unary, "unary", false);
+    check_shape(pairwise, {rows, width}, "pairwise");
+  }
+  if (q_out.data != nullptr) {
+    check_buffer(q_out, "q_out", DType::kFloat32, unary, "unary", true);
+    check_shape(q_out, {unary.shape[0], n_labels, unary.shape[2], unary.shape[3]}, "q_out");
+  }
+  const float* pairwise_data = pairwise.data ? pairwise.as<float>() : nullptr;
+  float* q_out_data = q_out.data ? q_out.as<float>() : nullptr;
+  if (unary.is_cuda()) {
+#if defined(WSSS_WITH_CUDA)
+    softmax_cuda(unary, pairwise_data, q.as<float>(), width, q_out_data, stream);
+    return;
+#else
+    no_cuda("unary");
+#endif
+  }
+  (void)stream;
+  softmax_cpu(unary, pairwise_data, q.as<float>(), width, q_out_data);
+}
+
+}  // namespace wsss::dense_crf

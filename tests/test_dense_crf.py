@@ -1,0 +1,465 @@
+"""dense_crf against pydensecrf (the peer library) and the exact O(N^2)
+oracle; its properties, the unary helpers, the module form and bad input."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import wsss_ext
+from conftest import DEVICES, requires_cuda
+from wsss_ext.nn import DenseCRF
+from wsss_ext.reference import dense_crf_dense
+
+AFFINITYNET = dict(gaussian_sxy=3.0, gaussian_weight=3.0, bilateral_sxy=80.0, bilateral_srgb=13.0, bilateral_weight=10.0)
+SCALE_12 = dict(AFFINITYNET, gaussian_sxy=3.0 / 12, bilateral_sxy=80.0 / 12)  # SEC/DSRG's 41 x 41 maps
+IRNET = dict(AFFINITYNET, bilateral_sxy=50.0, bilateral_srgb=5.0)
+RECURSEED = dict(gaussian_sxy=1.0, gaussian_weight=3.0, bilateral_sxy=67.0, bilateral_srgb=3.0, bilateral_weight=4.0)
+
+
+# --- test data --------------------------------------------------------------
+
+
+def photo(height, width, name="chelsea"):
+    """A scikit-image photograph resized to [1, 3, H, W] uint8."""
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image ships the test photographs")
+    image = torch.from_numpy(np.ascontiguousarray(getattr(skimage_data, name)()[..., :3]))
+    image = image.permute(2, 0, 1)[None].float()
+    image = F.interpolate(image, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return image.round().clamp(0, 255).to(torch.uint8)
+
+
+def piecewise_constant(height, width, n_labels, *, seed=0):
+    """Rectangles of flat colours, and noisy unaries that weakly prefer each
+    rectangle's label: (image [1, 3, H, W] uint8, labels [H, W], unary [1, L, H, W])."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.zeros(height, width, dtype=torch.long)
+    for label in range(1, n_labels):
+        y0, x0 = torch.randint(0, height, (1,), generator=gen).item(), torch.randint(0, width, (1,), generator=gen).item()
+        labels[y0 : y0 + height // 2, x0 : x0 + width // 2] = label
+    palette = torch.randint(0, 256, (n_labels, 3), generator=gen, dtype=torch.uint8)
+    image = palette[labels].permute(2, 0, 1)[None].contiguous()
+    logits = 1.5 * F.one_hot(labels, n_labels).permute(2, 0, 1).float() + torch.randn(n_labels, height, width, generator=gen)
+    return image, labels, wsss_ext.unary_from_probs(torch.softmax(logits, 0))[None]
+
+
+def cam_unary(batch, n_labels, height, width, *, seed=0):
+    """Blurry, noisy class maps as energies (CAM-like)."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(batch, n_labels, max(1, height // 8), max(1, width // 8), generator=gen) * 3
+    logits = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    logits = logits + torch.randn(batch, n_labels, height, width, generator=gen)
+    return wsss_ext.unary_from_probs(torch.softmax(logits, 1))
+
+
+def random_image(batch, height, width, *, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, 3, height, width), generator=gen, dtype=torch.uint8)
+
+
+# --- pydensecrf ---------------------------------------------------------------
+
+
+def pydensecrf_inference(unary, image, n_iters, params):
+    dcrf = pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 is not installed (it may not build here)")
+    batch, n_labels, height, width = unary.shape
+    out = []
+    for b in range(batch):
+        crf = dcrf.DenseCRF2D(width, height, n_labels)
+        crf.setUnaryEnergy(np.ascontiguousarray(unary[b].numpy().reshape(n_labels, -1)))
+        crf.addPairwiseGaussian(sxy=params["gaussian_sxy"], compat=params["gaussian_weight"])
+        rgb = np.ascontiguousarray(image[b].permute(1, 2, 0).numpy())
+        crf.addPairwiseBilateral(
+            sxy=params["bilateral_sxy"], srgb=params["bilateral_srgb"], rgbim=rgb, compat=params["bilateral_weight"]
+        )
+        out.append(torch.from_numpy(np.asarray(crf.inference(n_iters))).reshape(n_labels, height, width))
+    return torch.stack(out)
+
+
+def assert_agrees_with_pydensecrf(unary, image, params, n_iters=10):
+    got = wsss_ext.dense_crf(unary, image, n_iters, **params)
+    expected = pydensecrf_inference(unary, image, n_iters, params)
+    agreement = (got.argmax(1) == expected.argmax(1)).double().mean().item()
+    max_diff = (got - expected).abs().max().item()
+    assert agreement >= 0.995, f"argmax agreement {agreement:.5f}"
+    assert max_diff <= 1e-3, f"max |dQ| {max_diff:.2e}"
+
+
+PARITY_CASES = [  # (height, width, params)
+    (41, 41, SCALE_12),
+    (64, 80, AFFINITYNET),
+    (375, 500, AFFINITYNET),
+]
+
+
+@pytest.mark.parametrize("n_labels", [2, 21])
+@pytest.mark.parametrize("height, width, params", PARITY_CASES)
+def test_matches_pydensecrf_on_photographs(height, width, params, n_labels):
+    image = photo(height, width, "chelsea" if n_labels == 21 else "astronaut")
+    assert_agrees_with_pydensecrf(cam_unary(1, n_labels, height, width, seed=n_labels), image, params)
+
+
+@pytest.mark.parametrize("n_labels", [2, 21])
+@pytest.mark.parametrize("height, width, params", PARITY_CASES)
+def test_matches_pydensecrf_on_piecewise_constant_images(height, width, params, n_labels):
+    image, _, unary = piecewise_constant(height, width, n_labels, seed=height)
+    assert_agrees_with_pydensecrf(unary, image, params)
+
+
+@pytest.mark.parametrize("params", [IRNET, RECURSEED], ids=["irnet", "recurseed"])
+@pytest.mark.parametrize("n_iters", [0, 1, 4])
+def test_matches_pydensecrf_with_other_published_settings(params, n_iters):
+    assert_agrees_with_pydensecrf(cam_unary(2, 21, 48, 56), torch.cat([photo(48, 56), photo(48, 56, "coffee")]), params, n_iters)
+
+
+# --- the exact oracle -----------------------------------------------------------
+
+
+def pairwise_message(crf, unary, image, params):
+    """w * Kn(softmax(-U)), recovered from one iteration: log Q1 + U, centred per pixel."""
+    q1 = crf(unary, image, 1, **params).double()
+    message = q1.log() + unary.double()
+    return message - message.mean(1, keepdim=True)
+
+
+@pytest.mark.parametrize("height, width", [(16, 16), (32, 32), (40, 60), (64, 64)])
+@pytest.mark.parametrize(
+    "params, bound",
+    [
+        (dict(gaussian_weight=1.0, bilateral_weight=0.0), 0.04),
+        (dict(gaussian_weight=1.0, bilateral_weight=0.0, gaussian_sxy=1.0), 0.04),
+        (dict(gaussian_weight=0.0, bilateral_weight=1.0), 0.15),
+        (dict(gaussian_weight=0.0, bilateral_weight=1.0, bilateral_sxy=50.0, bilateral_srgb=5.0), 0.15),
+    ],
+    ids=["gaussian", "gaussian-sxy1", "bilateral", "bilateral-irnet"],
+)
+def test_lattice_filter_is_close_to_exact_gaussian_filtering(height, width, params, bound):
+    """The lattice approximates the Gaussian kernels: its normalised message
+    stays within a few percent (relative L2) of the exact O(N^2) one. (The
+    approximation is pydensecrf's: its error is the same to 4 digits, about
+    2.5% for the smoothness kernel and 5-12% for the appearance kernel.)"""
+    image = photo(height, width)
+    unary = 0.3 * cam_unary(1, 5, height, width)
+    got = pairwise_message(wsss_ext.dense_crf, unary, image, params)
+    exact = pairwise_message(dense_crf_dense, unary, image, params)
+    relative = ((got - exact).norm() / exact.norm()).item()
+    assert relative <= bound
+
+
+@pytest.mark.parametrize("params", [AFFINITYNET, SCALE_12], ids=["affinitynet", "scale12"])
+def test_mean_field_is_close_to_exact_oracle(params):
+    # pydensecrf lands exactly as far from the oracle (95.6% / 96.5% argmax
+    # agreement here): the lattice's approximation, amplified by 10 iterations.
+    image, unary = photo(48, 64), cam_unary(1, 21, 48, 64)
+    got = wsss_ext.dense_crf(unary, image, 10, **params)
+    exact = dense_crf_dense(unary, image, 10, **params)
+    assert (got.argmax(1) == exact.argmax(1)).double().mean() >= 0.95
+    assert (got - exact).abs().mean() <= 5e-3
+
+
+def test_one_pixel_image_is_exact():
+    # One pixel: K = [1], so Kn(Q) = Q exactly, whatever the lattice.
+    unary = torch.tensor([[[[0.3]], [[1.2]], [[0.1]]]])
+    image = torch.tensor([[[[10]], [[200]], [[30]]]], dtype=torch.uint8)
+    got = wsss_ext.dense_crf(unary, image, 7)
+    torch.testing.assert_close(got.double(), dense_crf_dense(unary, image, 7), rtol=1e-6, atol=1e-6)
+
+
+# --- properties ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_iterations_is_softmax_of_minus_unary(device):
+    unary = cam_unary(2, 21, 17, 23).to(device)
+    got = wsss_ext.dense_crf(unary, random_image(2, 17, 23).to(device), 0)
+    torch.testing.assert_close(got, torch.softmax(-unary, 1), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_weights_is_softmax_of_minus_unary(device):
+    unary = cam_unary(1, 4, 20, 20).to(device)
+    got = wsss_ext.dense_crf(unary, random_image(1, 20, 20).to(device), 5, gaussian_weight=0, bilateral_weight=0)
+    torch.testing.assert_close(got, torch.softmax(-unary, 1), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_uniform_unary_stays_uniform(device):
+    unary = torch.full((2, 21, 30, 40), 3.0, device=device)
+    got = wsss_ext.dense_crf(unary, random_image(2, 30, 40).to(device), 10)
+    torch.testing.assert_close(got, torch.full_like(got, 1 / 21), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_output_is_a_distribution(device):
+    got = wsss_ext.dense_crf(cam_unary(3, 81, 25, 31).to(device), random_image(3, 25, 31).to(device), 5)
+    assert got.shape == (3, 81, 25, 31) and got.dtype == torch.float32 and got.device.type == device
+    assert (got >= 0).all()
+    torch.testing.assert_close(got.sum(1), torch.ones(3, 25, 31, device=device), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_label_permutation_permutes_the_output(device):
+    unary, image = cam_unary(1, 21, 33, 29).to(device), photo(33, 29).to(device)
+    perm = torch.randperm(21, generator=torch.Generator().manual_seed(3)).to(device)
+    torch.testing.assert_close(
+        wsss_ext.dense_crf(unary[:, perm], image, 10), wsss_ext.dense_crf(unary, image, 10)[:, perm], rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_equals_one_image_at_a_time(device):
+    unary, image = cam_unary(4, 21, 37, 45).to(device), random_image(4, 37, 45).to(device)
+    image[1] = photo(37, 45).to(device)[0]
+    batched = wsss_ext.dense_crf(unary, image, 10)
+    for b in range(4):
+        single = wsss_ext.dense_crf(unary[b : b + 1], image[b : b + 1], 10)
+        torch.testing.assert_close(batched[b : b + 1], single, rtol=0, atol=1e-6)
+
+
+def test_cpu_batches_larger_than_a_chunk_are_split_consistently(monkeypatch):
+    module = sys.modules["wsss_ext.ops.dense_crf"]
+    unary, image = cam_unary(5, 3, 20, 30), random_image(5, 20, 30)
+    whole = wsss_ext.dense_crf(unary, image, 5)
+    monkeypatch.setattr(module, "_CPU_CHUNK_PIXELS", 2 * 20 * 30)  # chunks of 2, 2, 1 images
+    torch.testing.assert_close(wsss_ext.dense_crf(unary, image, 5), whole, rtol=0, atol=0)
+
+
+def test_result_does_not_depend_on_the_thread_count(tmp_path):
+    script = (
+        "import torch, wsss_ext\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "u = torch.rand(2, 21, 64, 48, generator=g) * 4\n"
+        "im = torch.randint(0, 256, (2, 3, 64, 48), generator=g, dtype=torch.uint8)\n"
+        "torch.save(wsss_ext.dense_crf(u, im, 10), 'q.pt')\n"
+    )
+    results = []
+    for threads in ("1", "2"):
+        env = dict(os.environ, OMP_NUM_THREADS=threads)
+        subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, check=True)
+        results.append(torch.load(tmp_path / "q.pt"))
+    assert torch.equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_label_gives_probability_one(device):
+    got = wsss_ext.dense_crf(torch.rand(2, 1, 9, 7, device=device), random_image(2, 9, 7).to(device), 10)
+    torch.testing.assert_close(got, torch.ones_like(got))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("height, width", [(1, 1), (1, 17), (23, 1), (2, 2)])
+def test_tiny_images(device, height, width):
+    unary, image = cam_unary(2, 3, height, width).to(device), random_image(2, height, width).to(device)
+    got = wsss_ext.dense_crf(unary, image, 5, **SCALE_12)
+    exact = dense_crf_dense(unary.cpu(), image.cpu(), 5, **SCALE_12)
+    assert (got.cpu().argmax(1) == exact.argmax(1)).all()
+    torch.testing.assert_close(got.sum(1), torch.ones_like(got[:, 0]))
+
+
+def test_smoothing_removes_label_noise_on_flat_regions():
+    image, labels, unary = piecewise_constant(60, 80, 4, seed=5)
+    before = (torch.softmax(-unary, 1).argmax(1)[0] == labels).double().mean()
+    after = (wsss_ext.dense_crf(unary, image, 10).argmax(1)[0] == labels).double().mean()
+    assert after > before and after >= 0.97
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_unary_dtypes_compute_in_float32(dtype):
+    unary, image = cam_unary(1, 21, 20, 24).to(dtype), random_image(1, 20, 24)
+    got = wsss_ext.dense_crf(unary, image, 5)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, wsss_ext.dense_crf(unary.float(), image, 5), rtol=1e-5, atol=1e-6)
+
+
+def test_unbatched_and_non_contiguous_inputs():
+    unary, image = cam_unary(1, 5, 19, 21), random_image(1, 19, 21)
+    expected = wsss_ext.dense_crf(unary, image, 5)
+    torch.testing.assert_close(wsss_ext.dense_crf(unary[0], image[0], 5), expected[0])
+    strided_unary = unary.contiguous(memory_format=torch.channels_last)
+    strided_image = image.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    torch.testing.assert_close(wsss_ext.dense_crf(strided_unary, strided_image, 5), expected)
+
+
+def test_empty_batch_gives_empty_output():
+    got = wsss_ext.dense_crf(torch.zeros(0, 21, 8, 8), torch.zeros(0, 3, 8, 8, dtype=torch.uint8))
+    assert got.shape == (0, 21, 8, 8) and got.dtype == torch.float32
+
+
+def test_no_gradient_flows_through():
+    unary = cam_unary(1, 3, 8, 8).requires_grad_()
+    got = wsss_ext.dense_crf(unary, random_image(1, 8, 8), 2)
+    assert not got.requires_grad
+
+
+def test_custom_op_passes_opcheck():
+    op = torch.ops.wsss_ext.dense_crf.default
+    torch.library.opcheck(op, (cam_unary(2, 3, 9, 11), random_image(2, 9, 11), 2, 3.0, 3.0, 80.0, 13.0, 10.0))
+
+
+# --- unary helpers and the module -----------------------------------------------------
+
+
+def test_unary_from_probs_matches_pydensecrf():
+    utils = pytest.importorskip("pydensecrf.utils", reason="pydensecrf2 is not installed (it may not build here)")
+    probs = torch.softmax(torch.randn(5, 6, 7) * 4, 0)
+    probs[0, 0, 0] = 0.0
+    got = wsss_ext.unary_from_probs(probs)
+    expected = torch.from_numpy(utils.unary_from_softmax(probs.numpy())).reshape(5, 6, 7)
+    torch.testing.assert_close(got, expected)
+    assert torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("zero_unsure", [True, False])
+def test_unary_from_labels_matches_pydensecrf(zero_unsure):
+    utils = pytest.importorskip("pydensecrf.utils", reason="pydensecrf2 is not installed (it may not build here)")
+    n_labels = 5
+    if zero_unsure:  # pydensecrf: 0 is unsure, 1..n are the classes
+        labels = torch.randint(0, n_labels + 1, (6, 7))
+        got = wsss_ext.unary_from_labels(labels - 1, n_labels, 0.7, ignore_index=-1)
+    else:
+        labels = torch.randint(0, n_labels, (6, 7))
+        got = wsss_ext.unary_from_labels(labels, n_labels, 0.7)
+    expected = utils.unary_from_labels(labels.numpy(), n_labels, 0.7, zero_unsure=zero_unsure)
+    torch.testing.assert_close(got, torch.from_numpy(expected).reshape(n_labels, 6, 7))
+
+
+def test_unary_from_labels_batched_and_errors():
+    labels = torch.tensor([[[0, 1], [2, 255]]])
+    energies = wsss_ext.unary_from_labels(labels, 3, 0.9, ignore_index=255)
+    assert energies.shape == (1, 3, 2, 2)
+    torch.testing.assert_close(torch.softmax(-energies, 1)[0, :, 0, 0], torch.tensor([0.9, 0.05, 0.05]))
+    torch.testing.assert_close(torch.softmax(-energies, 1)[0, :, 1, 1], torch.full((3,), 1 / 3))
+    with pytest.raises(ValueError, match="labels must be in"):
+        wsss_ext.unary_from_labels(labels, 3)
+    with pytest.raises(ValueError, match="gt_prob"):
+        wsss_ext.unary_from_labels(labels, 3, 1.0, ignore_index=255)
+    with pytest.raises(TypeError, match="labels"):
+        wsss_ext.unary_from_labels(labels.float(), 3)
+
+
+def test_unary_from_probs_errors():
+    with pytest.raises(ValueError, match="clip"):
+        wsss_ext.unary_from_probs(torch.rand(2, 3, 3), clip=0)
+    with pytest.raises(ValueError, match="NaN"):
+        wsss_ext.unary_from_probs(torch.tensor([[[float("nan")]]]))
+    with pytest.raises(TypeError, match="probs"):
+        wsss_ext.unary_from_probs(torch.ones(2, 3, 3, dtype=torch.long))
+
+
+def test_module_presets_match_the_function():
+    crf = DenseCRF.preset("irnet", scale=2)
+    assert "bilateral_sxy=25" in repr(crf) and crf.gaussian_sxy == 1.5
+    unary, image = cam_unary(2, 4, 16, 16), random_image(2, 16, 16)
+    expected = wsss_ext.dense_crf(unary, image, 10, **dict(IRNET, gaussian_sxy=1.5, bilateral_sxy=25.0))
+    torch.testing.assert_close(crf(unary, image), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unknown preset"):
+        DenseCRF.preset("sec")
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+
+def _inputs(batch=1, n_labels=3, height=8, width=8):
+    return cam_unary(batch, n_labels, height, width), random_image(batch, height, width)
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda u, im: (u[0, 0], im), ValueError, "unary must be 4-D"),
+        (lambda u, im: (u, im[0]), ValueError, "image must be 4-D"),
+        (lambda u, im: (u.long(), im), TypeError, "unary must have dtype"),
+        (lambda u, im: (u, im.float()), TypeError, "image must have dtype uint8"),
+        (lambda u, im: (u.numpy(), im), TypeError, "unary must be a torch.Tensor"),
+        (lambda u, im: (u, im.repeat(1, 2, 1, 1)[:, :4]), ValueError, "3 \\(RGB\\) channels"),
+        (lambda u, im: (u, im[..., :7]), ValueError, "does not match"),
+        (lambda u, im: (u.repeat(2, 1, 1, 1), im), ValueError, "does not match"),
+        (lambda u, im: (u[:, :0], im), ValueError, "at least one label"),
+        (lambda u, im: (u, im.to("meta")), ValueError, "image is on meta"),
+        (lambda u, im: (u.index_put((torch.tensor([0]),), torch.tensor(float("nan"))), im), ValueError, "NaN"),
+        (lambda u, im: (u.index_put((torch.tensor([0]),), torch.tensor(float("inf"))), im), ValueError, "infinite"),
+    ],
+)
+def test_bad_tensors(make, error, match):
+    unary, image = make(*_inputs())
+    with pytest.raises(error, match=match):
+        wsss_ext.dense_crf(unary, image)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(n_iters=-1), ValueError, "n_iters must be >= 0"),
+        (dict(n_iters=2.5), TypeError, "n_iters must be an int"),
+        (dict(gaussian_sxy=0.0), ValueError, "gaussian_sxy must be > 0"),
+        (dict(bilateral_sxy=-3.0), ValueError, "bilateral_sxy must be > 0"),
+        (dict(bilateral_srgb=0), ValueError, "bilateral_srgb must be > 0"),
+        (dict(bilateral_srgb=float("nan")), ValueError, "bilateral_srgb must be finite"),
+        (dict(gaussian_weight=-1.0), ValueError, "gaussian_weight must be >= 0"),
+        (dict(bilateral_weight=float("inf")), ValueError, "bilateral_weight must be finite"),
+        (dict(bilateral_weight="10"), TypeError, "bilateral_weight must be a real number"),
+    ],
+)
+def test_bad_parameters(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        wsss_ext.dense_crf(*_inputs(), **kwargs)
+
+
+def test_absurd_image_size_is_refused_before_allocating():
+    # Expanded views: no memory behind them, so the check must come first.
+    unary = torch.zeros(1, 1, 1, 1).expand(1, 2, 20000, 20000)
+    image = torch.zeros(1, 1, 1, 1, dtype=torch.uint8).expand(1, 3, 20000, 20000)
+    with pytest.raises(ValueError, match="too large"):
+        wsss_ext.dense_crf(unary, image)
+
+
+def test_compiled_checks_catch_bad_buffers():
+    """The C++ safety net, reached through the raw bindings."""
+    from wsss_ext import _C
+
+    unary, image = _inputs()
+    q = torch.empty(64, 8)
+    with pytest.raises(ValueError, match="q must be"):
+        _C.dense_crf_softmax(unary, None, torch.empty(63, 8), None)
+    with pytest.raises(ValueError, match="q_out"):
+        _C.dense_crf_softmax(unary, None, q, torch.empty(1, 3, 8, 7))
+    lattice = {"dims": 5, "images": 1, "height": 8, "width": 8}
+    with pytest.raises(ValueError, match="simplex"):
+        _C.dense_crf_build_vertices(lattice, image, 80.0, 13.0)
+    with pytest.raises(ValueError, match="image must have 3 channels"):
+        _C.dense_crf_build_vertices(lattice, image[:, :2].contiguous(), 80.0, 13.0)
+
+
+# --- CUDA ---------------------------------------------------------------------------------
+
+
+@requires_cuda
+@pytest.mark.parametrize("n_labels", [1, 2, 21, 81, 256])
+def test_cuda_matches_cpu(n_labels):
+    unary, image = cam_unary(3, n_labels, 45, 61), torch.cat([photo(45, 61), random_image(2, 45, 61)])
+    cpu = wsss_ext.dense_crf(unary, image, 10)
+    cuda = wsss_ext.dense_crf(unary.cuda(), image.cuda(), 10)
+    assert (cuda.cpu().argmax(1) == cpu.argmax(1)).double().mean() >= 0.999
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=1e-4, atol=1e-4)
+
+
+@requires_cuda
+def test_cuda_repeats_exactly_and_uses_the_current_stream():
+    unary, image = cam_unary(2, 21, 64, 64).cuda(), random_image(2, 64, 64).cuda()
+    first = wsss_ext.dense_crf(unary, image, 10)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        second = wsss_ext.dense_crf(unary, image, 10)
+    stream.synchronize()
+    assert torch.equal(first, second)
+
+
+@requires_cuda
+def test_cuda_device_mismatch():
+    unary, image = _inputs()
+    with pytest.raises(ValueError, match="image is on cpu but unary is on cuda"):
+        wsss_ext.dense_crf(unary.cuda(), image)

@@ -1,0 +1,342 @@
+"""Fully connected CRF mean-field inference (Krähenbühl & Koltun, NIPS 2011),
+the refinement step of AffinityNet, IRNet, SEAM, Puzzle-CAM and RecurSeed,
+computing exactly what pydensecrf's ``DenseCRF2D`` computes with
+``addPairwiseGaussian`` + ``addPairwiseBilateral`` and ``inference(n_iters)``,
+for a batch of images in one call, on the CPU (OpenMP) or a GPU.
+
+The update, with Potts compatibility and symmetric normalisation::
+
+    Q = softmax(-U)
+    repeat n_iters times:
+        Q = softmax(-U + w_g * Kn_g(Q) + w_b * Kn_b(Q))
+
+where ``Kn = D^-1/2 K D^-1/2``, ``K`` a Gaussian kernel over pixel features
+(``(x, y) / sxy`` for the smoothness term; ``(x, y) / sxy, (r, g, b) / srgb``
+for the appearance term; a pixel's own term included) and ``D = K 1``. ``K`` is
+applied with the permutohedral lattice (Adams et al. 2010) built once per
+image and kernel; ``wsss_ext.reference.dense_crf_dense`` applies it exactly in
+O(N^2) for small images.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from wsss_ext import _C
+from wsss_ext.ops._checks import check_int, check_real, check_tensor, cuda_stream
+
+__all__ = ["dense_crf", "unary_from_labels", "unary_from_probs"]
+
+_UNARY_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# Lattice entries (pixels x (d + 1)) are indexed with int32.
+_MAX_ENTRIES = 2**31 - 1
+_MAX_PIXELS = _MAX_ENTRIES // 6  # d = 5: six corners per pixel
+# Pixels per kernel call on the CPU, where batches run a few images at a time.
+_CPU_CHUNK_PIXELS = 1 << 20
+
+
+def _build_lattice(image: Tensor, dims: int, sxy: float, srgb: float, stream: int) -> tuple[dict, int]:
+    """Embeds the batch in a d-dimensional lattice; returns its buffers and vertex count."""
+    batch, _, height, width = image.shape
+    entries = batch * height * width * (dims + 1)
+    int32 = dict(dtype=torch.int32, device=image.device)
+    lattice = {
+        "dims": dims,
+        "images": batch,
+        "height": height,
+        "width": width,
+        "simplex": torch.empty((batch * height * width, dims), **int32),
+        "weights": torch.empty(entries, dtype=torch.float32, device=image.device),
+        "entry_rep": torch.empty(entries, **int32),
+        "entry_vertex": torch.empty(entries, **int32),
+        "vertex_entry": torch.empty(entries, **int32),
+        # Load factor <= 3/4 even if every corner were distinct (images
+        # have far fewer vertices than corners: typically 2-15%).
+        "slots": torch.empty(1 << (4 * entries // 3).bit_length(), **int32),
+        "counter": torch.empty(1, **int32),
+    }
+    vertices = _C.dense_crf_build_vertices(lattice, image, sxy, srgb, stream)
+    return lattice, vertices
+
+
+def _link_lattice(lattice: dict, vertices: int, values_a: Tensor, values_b: Tensor, stream: int) -> None:
+    """Adds blur neighbours, splat lists and normalisation; drops the hash table."""
+    device = lattice["weights"].device
+    entries = lattice["weights"].numel()
+    int32 = dict(dtype=torch.int32, device=device)
+    lattice["neighbours"] = torch.empty((lattice["dims"] + 1, vertices, 2), **int32)
+    lattice["splat_start"] = torch.empty(vertices + 1, **int32)
+    lattice["splat_pixels"] = torch.empty(entries, **int32)
+    lattice["splat_weights"] = torch.empty(entries, dtype=torch.float32, device=device)
+    lattice["norm"] = torch.empty(entries // (lattice["dims"] + 1), dtype=torch.float32, device=device)
+    scratch_bytes = _C.dense_crf_scratch_bytes(vertices, entries, device.type == "cuda")
+    lattice["scratch"] = torch.empty(scratch_bytes, dtype=torch.uint8, device=device)
+    _C.dense_crf_link(lattice, vertices, values_a, values_b, stream)
+    for build_only in ("simplex", "entry_rep", "vertex_entry", "slots", "counter", "scratch"):
+        del lattice[build_only]
+
+
+@torch.library.custom_op("wsss_ext::dense_crf", mutates_args=())
+def _dense_crf(
+    unary: Tensor,
+    image: Tensor,
+    n_iters: int,
+    gaussian_sxy: float,
+    gaussian_weight: float,
+    bilateral_sxy: float,
+    bilateral_srgb: float,
+    bilateral_weight: float,
+) -> Tensor:
+    """Mean-field on contiguous, checked inputs: unary [B, L, H, W], image [B, 3, H, W] uint8."""
+    batch, _, height, width = unary.shape
+    chunk_pixels = _MAX_PIXELS if unary.is_cuda else _CPU_CHUNK_PIXELS
+    if batch * height * width <= chunk_pixels:
+        return _mean_field(
+            unary, image, n_iters, gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_srgb, bilateral_weight
+        )
+    # On the CPU a whole batch gains nothing over a few images at a time (each
+    # image is already spread over the threads) and would hold every image's
+    # buffers at once; on CUDA only batches beyond int32 indexing are split.
+    chunk = max(1, chunk_pixels // (height * width))
+    return torch.cat(
+        [
+            _mean_field(
+                unary[i : i + chunk],
+                image[i : i + chunk],
+                n_iters,
+                gaussian_sxy,
+                gaussian_weight,
+                bilateral_sxy,
+                bilateral_srgb,
+                bilateral_weight,
+            )
+            for i in range(0, batch, chunk)
+        ]
+    )
+
+
+def _mean_field(
+    unary: Tensor,
+    image: Tensor,
+    n_iters: int,
+    gaussian_sxy: float,
+    gaussian_weight: float,
+    bilateral_sxy: float,
+    bilateral_srgb: float,
+    bilateral_weight: float,
+) -> Tensor:
+    batch, n_labels, height, width = unary.shape
+    stream = cuda_stream(unary)
+    device = unary.device
+    out = torch.empty(unary.shape, dtype=torch.float32, device=device)
+    # Pixel-major rows; on the CPU padded to whole 8-float vectors.
+    row = n_labels if unary.is_cuda else -(-n_labels // 8) * 8
+    q = torch.empty((batch * height * width, row), dtype=torch.float32, device=device)
+
+    kernels = []  # (dims, sxy, srgb, weight)
+    if n_iters > 0 and gaussian_weight > 0:
+        kernels.append((2, gaussian_sxy, 0.0, gaussian_weight))
+    if n_iters > 0 and bilateral_weight > 0:
+        kernels.append((5, bilateral_sxy, bilateral_srgb, bilateral_weight))
+    if not kernels:
+        _C.dense_crf_softmax(unary, None, q, out, stream)
+        return out
+
+    # One lattice after the other, so that the second reuses the memory of
+    # the first one's hash table and build buffers.
+    built = []
+    for dims, sxy, srgb, weight in kernels:
+        lattice, vertices = _build_lattice(image, dims, sxy, srgb, stream)
+        ones_a = torch.empty(vertices, dtype=torch.float32, device=device)
+        _link_lattice(lattice, vertices, ones_a, torch.empty_like(ones_a), stream)
+        built.append(((lattice, vertices), weight))
+    max_vertices = max(vertices for (_, vertices), _ in built)
+    values_a = torch.empty(max_vertices * row, dtype=torch.float32, device=device)
+    values_b = torch.empty_like(values_a)
+
+    pairwise = torch.empty_like(q)
+    _C.dense_crf_softmax(unary, None, q, None, stream)
+    for iteration in range(n_iters):
+        for k, ((lattice, vertices), weight) in enumerate(built):
+            _C.dense_crf_filter(lattice, vertices, q, pairwise, weight, k > 0, values_a, values_b, stream)
+        last = iteration == n_iters - 1
+        _C.dense_crf_softmax(unary, pairwise, q, out if last else None, stream)
+    return out
+
+
+@_dense_crf.register_fake
+def _(unary, image, n_iters, gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_srgb, bilateral_weight):
+    return unary.new_empty(unary.shape, dtype=torch.float32)
+
+
+def dense_crf(
+    unary: Tensor,
+    image: Tensor,
+    n_iters: int = 10,
+    *,
+    gaussian_sxy: float = 3.0,
+    gaussian_weight: float = 3.0,
+    bilateral_sxy: float = 80.0,
+    bilateral_srgb: float = 13.0,
+    bilateral_weight: float = 10.0,
+) -> Tensor:
+    """Dense CRF mean-field inference, as pydensecrf's ``DenseCRF2D`` computes it.
+
+    Equivalent pydensecrf calls, one image at a time::
+
+        crf = dcrf.DenseCRF2D(W, H, L)
+        crf.setUnaryEnergy(unary.reshape(L, -1))
+        crf.addPairwiseGaussian(sxy=gaussian_sxy, compat=gaussian_weight)
+        crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=image_hwc,
+                                 compat=bilateral_weight)
+        Q = crf.inference(n_iters)
+
+    Args:
+        unary: ``[B, L, H, W]`` (or ``[L, H, W]``) energies ``-log p``, any
+            float dtype, finite. ``unary_from_probs`` and ``unary_from_labels``
+            make them. Any label count (VOC 21, COCO 81, ...).
+        image: ``[B, 3, H, W]`` (or ``[3, H, W]``) uint8 RGB, same device and
+            size. From an ``H x W x 3`` numpy image:
+            ``torch.from_numpy(img).permute(2, 0, 1)``.
+        n_iters: mean-field iterations; 0 returns ``softmax(-unary)``.
+        gaussian_sxy: smoothness kernel width in pixels.
+        gaussian_weight: its Potts weight (pydensecrf's ``compat``); 0 drops it.
+        bilateral_sxy: appearance kernel width in pixels.
+        bilateral_srgb: appearance kernel width in colour levels.
+        bilateral_weight: its Potts weight; 0 drops it.
+
+    Returns:
+        ``Q``: float32 probabilities, the shape of ``unary``; no gradient flows
+        through it (use it as a target, as the SEC/DSRG losses do).
+
+    Defaults are AffinityNet's; IRNet uses ``bilateral_sxy=50, bilateral_srgb=5``
+    and RecurSeed ``gaussian_sxy=1, bilateral_sxy=67, bilateral_srgb=3,
+    bilateral_weight=4``. On maps downscaled by ``s``, divide both ``sxy`` by
+    ``s`` (``wsss_ext.nn.DenseCRF.preset`` does).
+
+    The lattice filter approximates the Gaussian kernels (as pydensecrf's
+    does); on CUDA the splat lists are sorted, so results repeat run to run,
+    and differ from the CPU's by float rounding only.
+
+    Example:
+        >>> import torch, wsss_ext
+        >>> image = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+        >>> image[..., 4:] = 255                      # two flat halves
+        >>> probs = torch.full((1, 2, 8, 8), 0.4)
+        >>> probs[:, 0, :, :4] = 0.6                  # weakly "label 0" on the left
+        >>> probs[:, 1] = 1 - probs[:, 0]
+        >>> q = wsss_ext.dense_crf(wsss_ext.unary_from_probs(probs), image, 5)
+        >>> q.argmax(1)[0, 0].tolist()
+        [0, 0, 0, 0, 1, 1, 1, 1]
+    """
+    unbatched = isinstance(unary, Tensor) and unary.dim() == 3
+    check_tensor(unary, "unary", ndim=3 if unbatched else 4, layout="B x L x H x W", dtypes=_UNARY_DTYPES)
+    check_tensor(image, "image", ndim=3 if unbatched else 4, layout="B x 3 x H x W", dtypes=(torch.uint8,))
+    if unbatched:
+        unary, image = unary.unsqueeze(0), image.unsqueeze(0)
+    if image.device != unary.device:
+        raise ValueError(f"image is on {image.device} but unary is on {unary.device}")
+    if image.shape[1] != 3:
+        raise ValueError(f"image must have 3 (RGB) channels, got shape {tuple(image.shape)}")
+    batch, n_labels, height, width = unary.shape
+    if image.shape[0] != batch or image.shape[2:] != unary.shape[2:]:
+        raise ValueError(
+            f"image {tuple(image.shape)} does not match unary {tuple(unary.shape)}: "
+            "need the same batch size, height and width"
+        )
+    if n_labels < 1:
+        raise ValueError(f"unary needs at least one label, got shape {tuple(unary.shape)}")
+    n_iters = check_int(n_iters, "n_iters", minimum=0)
+    gaussian_sxy = check_real(gaussian_sxy, "gaussian_sxy", positive=True)
+    bilateral_sxy = check_real(bilateral_sxy, "bilateral_sxy", positive=True)
+    bilateral_srgb = check_real(bilateral_srgb, "bilateral_srgb", positive=True)
+    gaussian_weight = check_real(gaussian_weight, "gaussian_weight")
+    bilateral_weight = check_real(bilateral_weight, "bilateral_weight")
+    for name, weight in (("gaussian_weight", gaussian_weight), ("bilateral_weight", bilateral_weight)):
+        if weight < 0:
+            raise ValueError(f"{name} must be >= 0 (a Potts weight), got {weight}")
+    if height * width > _MAX_PIXELS:
+        raise ValueError(f"images of {height}x{width} are too large (limit {_MAX_PIXELS} pixels per image)")
+
+    unary = unary.detach()
+    if unary.numel() == 0:
+        result = unary.new_empty(unary.shape, dtype=torch.float32)
+    else:
+        if not torch.isfinite(unary).all():
+            raise ValueError("unary has NaN or infinite energies; clip probabilities first (unary_from_probs does)")
+        result = _dense_crf(
+            unary.contiguous(),
+            image.contiguous(),
+            n_iters,
+            gaussian_sxy,
+            gaussian_weight,
+            bilateral_sxy,
+            bilateral_srgb,
+            bilateral_weight,
+        )
+    return result.squeeze(0) if unbatched else result
+
+
+def unary_from_probs(probs: Tensor, clip: float = 1e-5) -> Tensor:
+    """Unary energies ``-log(clamp(probs, clip, 1))``: pydensecrf's ``unary_from_softmax``.
+
+    Args:
+        probs: class probabilities, ``[B, L, H, W]`` or ``[L, H, W]``, floating.
+        clip: smallest probability kept, in ``(0, 1]``; keeps energies finite.
+
+    Returns:
+        Energies of the same shape and dtype.
+    """
+    check_tensor(probs, "probs", dtypes=_UNARY_DTYPES)
+    clip = check_real(clip, "clip", positive=True)
+    if clip > 1:
+        raise ValueError(f"clip must be in (0, 1], got {clip}")
+    if torch.isnan(probs).any():
+        raise ValueError("probs contains NaN")
+    return -torch.log(probs.clamp(clip, 1.0))
+
+
+def unary_from_labels(labels: Tensor, n_labels: int, gt_prob: float = 0.7, ignore_index: int | None = None) -> Tensor:
+    """Unary energies from a hard label map, as pydensecrf's ``unary_from_labels``.
+
+    A pixel labelled ``c`` gets energy ``-log(gt_prob)`` for ``c`` and
+    ``-log((1 - gt_prob) / (n_labels - 1))`` for every other label; a pixel
+    labelled ``ignore_index`` is unsure: ``-log(1 / n_labels)`` everywhere.
+
+    pydensecrf's default ``zero_unsure=True`` shifts labels by one (0 is
+    unsure, 1..n are the classes): pass ``labels - 1`` with ``ignore_index=-1``.
+    IRNet's call (``zero_unsure=False``) is ``unary_from_labels(labels, n, 0.7)``.
+
+    Args:
+        labels: integer map ``[B, H, W]`` or ``[H, W]``.
+        n_labels: number of classes L.
+        gt_prob: confidence in the given labels, in ``(0, 1)``.
+        ignore_index: label value meaning "unsure", or None.
+
+    Returns:
+        float32 energies ``[B, L, H, W]`` (or ``[L, H, W]``).
+    """
+    check_tensor(labels, "labels", dtypes=(torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8))
+    if labels.dim() not in (2, 3):
+        raise ValueError(f"labels must be H x W or B x H x W, got shape {tuple(labels.shape)}")
+    n_labels = check_int(n_labels, "n_labels", minimum=1)
+    gt_prob = check_real(gt_prob, "gt_prob")
+    if not 0 < gt_prob < 1:
+        raise ValueError(f"gt_prob must be in (0, 1), got {gt_prob}")
+    if ignore_index is not None:
+        ignore_index = check_int(ignore_index, "ignore_index")
+    labels = labels.long()
+    unsure = labels == ignore_index if ignore_index is not None else torch.zeros_like(labels, dtype=torch.bool)
+    sure = labels[~unsure]
+    if sure.numel() and (sure.min() < 0 or sure.max() >= n_labels):
+        raise ValueError(
+            f"labels must be in [0, {n_labels}) or equal ignore_index={ignore_index}; "
+            f"found values in [{int(sure.min())}, {int(sure.max())}]"
+        )
+    others = torch.tensor((1.0 - gt_prob) / max(n_labels - 1, 1)).log().neg().item()
+    energies = torch.full((*labels.shape, n_labels), others, dtype=torch.float32, device=labels.device)
+    energies.scatter_(-1, labels.clamp(0, n_labels - 1).unsqueeze(-1), -torch.tensor(gt_prob).log().item())
+    energies[unsure] = torch.tensor(float(n_labels)).log().item()
+    return energies.movedim(-1, -3).contiguous()
