@@ -402,6 +402,8 @@ def test_bad_tensors(make, error, match):
         (dict(gaussian_weight=-1.0), ValueError, "gaussian_weight must be >= 0"),
         (dict(bilateral_weight=float("inf")), ValueError, "bilateral_weight must be finite"),
         (dict(bilateral_weight="10"), TypeError, "bilateral_weight must be a real number"),
+        (dict(gaussian_sxy=1e-8), ValueError, "gaussian_sxy=1e-08 is too small"),
+        (dict(bilateral_srgb=1e-6), ValueError, "bilateral_srgb=1e-06 is too small"),
     ],
 )
 def test_bad_parameters(kwargs, error, match):

@@ -33,6 +33,7 @@ _UNARY_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Lattice entries (pixels x (d + 1)) are indexed with int32.
 _MAX_ENTRIES = 2**31 - 1
 _MAX_PIXELS = _MAX_ENTRIES // 6  # d = 5: six corners per pixel
+_MAX_FEATURE = 2**24  # scaled feature values stay exact-ish in float32 and far from int32 overflow
 # Pixels per kernel call on the CPU, where batches run a few images at a time.
 _CPU_CHUNK_PIXELS = 1 << 20
 
@@ -90,43 +91,27 @@ def _dense_crf(
     bilateral_weight: float,
 ) -> Tensor:
     """Mean-field on contiguous, checked inputs: unary [B, L, H, W], image [B, 3, H, W] uint8."""
+    kernels = []  # (dims, sxy, srgb, weight) of the Gaussian kernels in use
+    if n_iters > 0 and gaussian_weight > 0:
+        kernels.append((2, gaussian_sxy, 0.0, gaussian_weight))
+    if n_iters > 0 and bilateral_weight > 0:
+        kernels.append((5, bilateral_sxy, bilateral_srgb, bilateral_weight))
     batch, _, height, width = unary.shape
     chunk_pixels = _MAX_PIXELS if unary.is_cuda else _CPU_CHUNK_PIXELS
     if batch * height * width <= chunk_pixels:
-        return _mean_field(
-            unary, image, n_iters, gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_srgb, bilateral_weight
-        )
+        return _mean_field(unary, image, n_iters, kernels)
     # On the CPU a whole batch gains nothing over a few images at a time (each
     # image is already spread over the threads) and would hold every image's
     # buffers at once; on CUDA only batches beyond int32 indexing are split.
     chunk = max(1, chunk_pixels // (height * width))
     return torch.cat(
-        [
-            _mean_field(
-                unary[i : i + chunk],
-                image[i : i + chunk],
-                n_iters,
-                gaussian_sxy,
-                gaussian_weight,
-                bilateral_sxy,
-                bilateral_srgb,
-                bilateral_weight,
-            )
-            for i in range(0, batch, chunk)
-        ]
+        [_mean_field(unary[i : i + chunk], image[i : i + chunk], n_iters, kernels) for i in range(0, batch, chunk)]
     )
 
 
-def _mean_field(
-    unary: Tensor,
-    image: Tensor,
-    n_iters: int,
-    gaussian_sxy: float,
-    gaussian_weight: float,
-    bilateral_sxy: float,
-    bilateral_srgb: float,
-    bilateral_weight: float,
-) -> Tensor:
+def _mean_field(unary: Tensor, image: Tensor, n_iters: int, kernels: list[tuple[int, float, float, float]]) -> Tensor:
+    """Lattices of the batch, then n_iters of filter-and-softmax; q and the
+    pairwise term are pixel-major rows, the result [B, L, H, W]."""
     batch, n_labels, height, width = unary.shape
     stream = cuda_stream(unary)
     device = unary.device
@@ -134,12 +119,6 @@ def _mean_field(
     # Pixel-major rows; on the CPU padded to whole 8-float vectors.
     row = n_labels if unary.is_cuda else -(-n_labels // 8) * 8
     q = torch.empty((batch * height * width, row), dtype=torch.float32, device=device)
-
-    kernels = []  # (dims, sxy, srgb, weight)
-    if n_iters > 0 and gaussian_weight > 0:
-        kernels.append((2, gaussian_sxy, 0.0, gaussian_weight))
-    if n_iters > 0 and bilateral_weight > 0:
-        kernels.append((5, bilateral_sxy, bilateral_srgb, bilateral_weight))
     if not kernels:
         _C.dense_crf_softmax(unary, None, q, out, stream)
         return out
@@ -257,6 +236,14 @@ def dense_crf(
     for name, weight in (("gaussian_weight", gaussian_weight), ("bilateral_weight", bilateral_weight)):
         if weight < 0:
             raise ValueError(f"{name} must be >= 0 (a Potts weight), got {weight}")
+    # Lattice coordinates are int32 of features up to (extent / width) * (d + 1).
+    for name, value, extent in (
+        ("gaussian_sxy", gaussian_sxy, max(height, width)),
+        ("bilateral_sxy", bilateral_sxy, max(height, width)),
+        ("bilateral_srgb", bilateral_srgb, 255),
+    ):
+        if extent / value > _MAX_FEATURE:
+            raise ValueError(f"{name}={value} is too small: features up to {extent / value:.3g} (limit {_MAX_FEATURE})")
     if height * width > _MAX_PIXELS:
         raise ValueError(f"images of {height}x{width} are too large (limit {_MAX_PIXELS} pixels per image)")
 
