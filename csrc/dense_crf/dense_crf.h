@@ -17,6 +17,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/array_view.h"
 #include "common/dtype.h"
@@ -142,6 +143,14 @@ WSSS_HD void corner_key(const int32_t* simplex, int r, int32_t* key) {
 template <int D>
 WSSS_HD void entry_key(const int32_t* simplex, int64_t e, int32_t* key) {
   corner_key<D>(simplex + (e / (D + 1)) * D, static_cast<int>(e % (D + 1)), key);
+}
+
+// dispatch_dims(lattice.dims, [&](auto d) { constexpr int D = decltype(d)::value; ... })
+// runs the body with the lattice dimension as a compile-time constant.
+template <class Body>
+auto dispatch_dims(int dims, Body&& body) {
+  if (dims == kGaussianDims) return body(std::integral_constant<int, kGaussianDims>{});
+  return body(std::integral_constant<int, kBilateralDims>{});
 }
 
 // slice() scales by alpha = 1 / (1 + 2^-d): the lattice's blur sums to more

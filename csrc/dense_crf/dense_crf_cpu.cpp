@@ -264,12 +264,6 @@ WSSS_CPU_VECTORIZED void softmax_range(const U* unary, int64_t n_labels, int64_t
   }
 }
 
-template <class Body>
-auto dispatch_dims(int dims, Body&& body) {
-  if (dims == kGaussianDims) return body(std::integral_constant<int, kGaussianDims>{});
-  return body(std::integral_constant<int, kBilateralDims>{});
-}
-
 }  // namespace
 
 int64_t build_vertices_cpu(Lattice& lattice, const ArrayView& image, double sxy, double srgb) {

@@ -180,12 +180,6 @@ __global__ void softmax_kernel(const U* unary, const float* pairwise, float* q, 
     for (int64_t l = 0; l < n_labels; ++l) q_out[(b * n_labels + l) * pixels + i] = row[l];
 }
 
-template <class Body>
-auto dispatch_dims(int dims, Body&& body) {
-  if (dims == kGaussianDims) return body(std::integral_constant<int, kGaussianDims>{});
-  return body(std::integral_constant<int, kBilateralDims>{});
-}
-
 template <int D>
 void filter_impl(const Lattice& lat, int64_t vertices, const float* q, const float* norm, float* out, int64_t width,
                  float coefficient, bool accumulate, float* values_a, float* values_b, cudaStream_t stream) {
