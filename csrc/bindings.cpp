@@ -13,6 +13,7 @@
 #include "common/parallel.h"
 #include "common/philox.h"
 #include "dense_crf/dense_crf.h"
+#include "pamr/pamr.h"
 #include "sinkhorn/sinkhorn.h"
 
 namespace py = pybind11;
@@ -274,4 +275,31 @@ PYBIND11_MODULE(_C, m) {
       "q = softmax(-unary + pairwise) per pixel (pairwise None: softmax(-unary)); unary [B, L, H, W]; q and "
       "pairwise pixel-major rows [B*H*W, width >= L], lanes past L zeroed; q_out, if given, receives q as "
       "[B, L, H, W].");
+
+  m.def(
+      "pamr_affinity",
+      [](py::handle image, py::handle weights, std::vector<int64_t> dilations, double sigma, uintptr_t stream) {
+        const wsss::pamr::AffinityArgs args{to_view(image, "image"), to_view(weights, "weights"),
+                                            wsss::pamr::make_dilations(dilations), sigma};
+        py::gil_scoped_release no_gil;
+        wsss::pamr::affinity(args, stream);
+      },
+      py::arg("image"), py::arg("weights"), py::arg("dilations"), py::arg("sigma"), py::arg("stream") = 0,
+      "PAMR affinities of image [B, Ci, H, W] to the 8 neighbours of every dilation (replicate padding), "
+      "softmax-normalised over all taps, into weights [B, 8 * len(dilations), H, W] (float32; float64 for "
+      "float64 images).");
+
+  m.def(
+      "pamr_propagate",
+      [](py::handle weights, py::handle mask, py::handle out, std::vector<int64_t> dilations, bool transpose,
+         uintptr_t stream) {
+        const wsss::pamr::PropagateArgs args{to_view(weights, "weights"), to_view(mask, "mask"), to_view(out, "out"),
+                                             wsss::pamr::make_dilations(dilations), transpose};
+        py::gil_scoped_release no_gil;
+        wsss::pamr::propagate(args, stream);
+      },
+      py::arg("weights"), py::arg("mask"), py::arg("out"), py::arg("dilations"), py::arg("transpose") = false,
+      py::arg("stream") = 0,
+      "One PAMR step: out[b, c, i] = sum_k weights[b, k, i] * mask[b, c, tap k of i] (transpose: the adjoint, "
+      "the step's backward); mask and out [B, C, H, W] of the weights' dtype.");
 }

@@ -22,13 +22,24 @@ except ImportError as error:  # the usual cause: importing the repository's sour
 
 from wsss_ext._info import __version__, build_info
 from wsss_ext import nn
-from wsss_ext.ops import dense_crf, sinkhorn_knopp, unary_from_labels, unary_from_probs
+from wsss_ext.ops import (
+    dense_crf,
+    pamr,
+    pamr_affinity,
+    resize_image_to_mask,
+    sinkhorn_knopp,
+    unary_from_labels,
+    unary_from_probs,
+)
 
 __all__ = [
     "__version__",
     "build_info",
     "dense_crf",
     "nn",
+    "pamr",
+    "pamr_affinity",
+    "resize_image_to_mask",
     "sinkhorn_knopp",
     "unary_from_labels",
     "unary_from_probs",

@@ -1,5 +1,6 @@
 """nn.Module forms of the kernels, for use inside models and losses."""
 
 from wsss_ext.nn.dense_crf import DenseCRF
+from wsss_ext.nn.pamr import PAMR
 
-__all__ = ["DenseCRF"]
+__all__ = ["DenseCRF", "PAMR"]
