@@ -14,6 +14,7 @@
 #include "common/philox.h"
 #include "dense_crf/dense_crf.h"
 #include "pamr/pamr.h"
+#include "random_walk/random_walk.h"
 #include "sinkhorn/sinkhorn.h"
 
 namespace py = pybind11;
@@ -302,4 +303,30 @@ PYBIND11_MODULE(_C, m) {
       py::arg("stream") = 0,
       "One PAMR step: out[b, c, i] = sum_k weights[b, k, i] * mask[b, c, tap k of i] (transpose: the adjoint, "
       "the step's backward); mask and out [B, C, H, W] of the weights' dtype.");
+
+  m.def(
+      "random_walk_step",
+      [](py::handle weights, py::handle offsets, py::handle x, py::handle y, bool transpose, int halo,
+         uintptr_t stream) {
+        const wsss::random_walk::StepArgs args{to_view(weights, "weights"), to_view(offsets, "offsets"),
+                                               to_view(x, "x"), to_view(y, "y"), transpose, halo};
+        py::gil_scoped_release no_gil;
+        wsss::random_walk::step(args, stream);
+      },
+      py::arg("weights"), py::arg("offsets"), py::arg("x"), py::arg("y"), py::arg("transpose") = false,
+      py::arg("halo") = 0, py::arg("stream") = 0,
+      "One random-walk step: y[b, c, p] = sum_t weights[b, t, p] * x[b, c, p + offsets[t]] over the taps inside "
+      "the map (transpose: the adjoint, the step's backward). weights [B, T, H, W], offsets [T, 2] int32 (dy, dx), "
+      "x and y [B, C, H, W] of the weights' dtype; halo = max |offset| (a shared-memory tile size on CUDA).");
+
+  m.def(
+      "random_walk_weight_grad",
+      [](py::handle grad_y, py::handle x, py::handle offsets, py::handle grad_weights, uintptr_t stream) {
+        const wsss::random_walk::WeightGradArgs args{to_view(grad_y, "grad_y"), to_view(x, "x"),
+                                                     to_view(offsets, "offsets"), to_view(grad_weights, "grad_weights")};
+        py::gil_scoped_release no_gil;
+        wsss::random_walk::weight_grad(args, stream);
+      },
+      py::arg("grad_y"), py::arg("x"), py::arg("offsets"), py::arg("grad_weights"), py::arg("stream") = 0,
+      "grad_weights[b, t, p] += sum_c grad_y[b, c, p] * x[b, c, p + offsets[t]]: the weight gradient of one step.");
 }

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import wsss_ext
-from conftest import DEVICES, requires_cuda
+from conftest import DEVICES, requires_cuda, with_nan
 from wsss_ext.nn import PAMR
 from wsss_ext.reference import pamr_affinity_unfold, pamr_unfold
 
@@ -252,12 +252,6 @@ def _inputs():
     return smooth_image(2, 8, 9), soft_masks(2, 3, 8, 9)
 
 
-def _with_nan(tensor):
-    tensor = tensor.clone()
-    tensor[0, 0, 1, 1] = float("nan")
-    return tensor
-
-
 @pytest.mark.parametrize(
     "make, error, match",
     [
@@ -270,8 +264,8 @@ def _with_nan(tensor):
         (lambda im, m: (im, m.long()), TypeError, "mask must have dtype"),
         (lambda im, m: (im.numpy(), m), TypeError, "image must be a torch.Tensor"),
         (lambda im, m: (im, m.to("meta")), ValueError, "mask is on meta"),
-        (lambda im, m: (_with_nan(im), m), ValueError, "image contains NaN"),
-        (lambda im, m: (im, _with_nan(m)), ValueError, "mask contains NaN"),
+        (lambda im, m: (with_nan(im), m), ValueError, "image contains NaN"),
+        (lambda im, m: (im, with_nan(m)), ValueError, "mask contains NaN"),
         (lambda im, m: (im.index_fill(3, torch.tensor([0]), float("inf")), m), ValueError, "image contains NaN or inf"),
     ],
 )

@@ -23,24 +23,40 @@ except ImportError as error:  # the usual cause: importing the repository's sour
 from wsss_ext._info import __version__, build_info
 from wsss_ext import nn
 from wsss_ext.ops import (
+    affinitynet_random_walk,
+    boundary_affinity,
+    cam_background,
     dense_crf,
+    feature_affinity,
+    irnet_random_walk,
+    neighbour_offsets,
     pamr,
     pamr_affinity,
+    random_walk,
     resize_image_to_mask,
     sinkhorn_knopp,
     unary_from_labels,
     unary_from_probs,
+    walk_to_labels,
 )
 
 __all__ = [
     "__version__",
+    "affinitynet_random_walk",
+    "boundary_affinity",
     "build_info",
+    "cam_background",
     "dense_crf",
+    "feature_affinity",
+    "irnet_random_walk",
+    "neighbour_offsets",
     "nn",
     "pamr",
     "pamr_affinity",
+    "random_walk",
     "resize_image_to_mask",
     "sinkhorn_knopp",
     "unary_from_labels",
     "unary_from_probs",
+    "walk_to_labels",
 ]

@@ -90,4 +90,17 @@ void check_same_device(const ArrayView& a, const char* a_name, const ArrayView& 
              " must be on the same device, got ", a.describe(), " and ", b.describe());
 }
 
+void check_buffer(const ArrayView& buffer, const char* name, DType dtype, std::initializer_list<int64_t> shape,
+                  const ArrayView& like, const char* like_name, bool written) {
+  check_same_device(buffer, name, like, like_name);
+  check_dtype(buffer, {dtype}, name);
+  check_shape(buffer, shape, name);
+  check_contiguous(buffer, name);
+  if (written) check_writable(buffer, name);
+}
+
+void throw_no_cuda(const char* name) {
+  throw std::invalid_argument(concat(name, " is a CUDA array but wsss_ext was built without CUDA"));
+}
+
 }  // namespace wsss

@@ -55,5 +55,11 @@ void check_contiguous(const ArrayView& v, const char* name);
 void check_writable(const ArrayView& v, const char* name);
 void check_shape(const ArrayView& v, std::initializer_list<int64_t> shape, const char* name);
 void check_same_device(const ArrayView& a, const char* a_name, const ArrayView& b, const char* b_name);
+// A buffer beside a kernel's main input `like`: on its device, of the given
+// dtype and shape, contiguous, and writable if the kernel writes it.
+void check_buffer(const ArrayView& buffer, const char* name, DType dtype, std::initializer_list<int64_t> shape,
+                  const ArrayView& like, const char* like_name, bool written);
+// For the CPU-only build, when `name` is a CUDA array.
+[[noreturn]] void throw_no_cuda(const char* name);
 
 }  // namespace wsss

@@ -70,12 +70,6 @@ void check_values(const ArrayView& values, const char* name, int64_t size, const
   check_min_size(values, size, name);
 }
 
-#if !defined(WSSS_WITH_CUDA)
-[[noreturn]] void no_cuda(const char* name) {
-  throw std::invalid_argument(concat(name, " is a CUDA array but wsss_ext was built without CUDA"));
-}
-#endif
-
 }  // namespace
 
 int64_t build_vertices(Lattice& lattice, const ArrayView& image, double sxy, double srgb, uintptr_t stream) {
@@ -94,7 +88,7 @@ int64_t build_vertices(Lattice& lattice, const ArrayView& image, double sxy, dou
 #if defined(WSSS_WITH_CUDA)
     return build_vertices_cuda(lattice, image, sxy, srgb, stream);
 #else
-    no_cuda("image");
+    throw_no_cuda("image");
 #endif
   }
   (void)stream;
@@ -124,7 +118,7 @@ void link(const Lattice& lattice, int64_t vertices, const ArrayView& values_a, c
     link_cuda(lattice, vertices, values_a.as<float>(), values_b.as<float>(), stream);
     return;
 #else
-    no_cuda("weights");
+    throw_no_cuda("weights");
 #endif
   }
   (void)stream;
@@ -151,7 +145,7 @@ void filter(const Lattice& lattice, int64_t vertices, const ArrayView& q, const 
                 values_b.as<float>(), stream);
     return;
 #else
-    no_cuda("q");
+    throw_no_cuda("q");
 #endif
   }
   (void)stream;
@@ -188,7 +182,7 @@ void softmax(const ArrayView& unary, const ArrayView& pairwise, const ArrayView&
     softmax_cuda(unary, pairwise_data, q.as<float>(), width, q_out_data, stream);
     return;
 #else
-    no_cuda("unary");
+    throw_no_cuda("unary");
 #endif
   }
   (void)stream;

@@ -10,21 +10,6 @@ namespace {
 const std::initializer_list<DType> kFloatTypes = {DType::kFloat16, DType::kBFloat16, DType::kFloat32,
                                                   DType::kFloat64};
 
-void check_buffer(const ArrayView& buffer, const char* name, DType dtype, std::initializer_list<int64_t> shape,
-                  const ArrayView& like, const char* like_name, bool written) {
-  check_same_device(buffer, name, like, like_name);
-  check_dtype(buffer, {dtype}, name);
-  check_shape(buffer, shape, name);
-  check_contiguous(buffer, name);
-  if (written) check_writable(buffer, name);
-}
-
-#if !defined(WSSS_WITH_CUDA)
-[[noreturn]] void no_cuda(const char* name) {
-  throw std::invalid_argument(concat(name, " is a CUDA array but wsss_ext was built without CUDA"));
-}
-#endif
-
 }  // namespace
 
 Dilations make_dilations(const std::vector<int64_t>& values) {
@@ -56,7 +41,7 @@ void affinity(const AffinityArgs& args, uintptr_t stream) {
 #if defined(WSSS_WITH_CUDA)
     affinity_cuda(args, stream);
 #else
-    no_cuda("image");
+    throw_no_cuda("image");
 #endif
     return;
   }
@@ -82,7 +67,7 @@ void propagate(const PropagateArgs& args, uintptr_t stream) {
 #if defined(WSSS_WITH_CUDA)
     propagate_cuda(args, stream);
 #else
-    no_cuda("weights");
+    throw_no_cuda("weights");
 #endif
     return;
   }

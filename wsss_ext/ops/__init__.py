@@ -3,14 +3,32 @@
 
 from wsss_ext.ops.dense_crf import dense_crf, unary_from_labels, unary_from_probs
 from wsss_ext.ops.pamr import pamr, pamr_affinity, resize_image_to_mask
+from wsss_ext.ops.random_walk import (
+    affinitynet_random_walk,
+    boundary_affinity,
+    cam_background,
+    feature_affinity,
+    irnet_random_walk,
+    neighbour_offsets,
+    random_walk,
+    walk_to_labels,
+)
 from wsss_ext.ops.sinkhorn import sinkhorn_knopp
 
 __all__ = [
+    "affinitynet_random_walk",
+    "boundary_affinity",
+    "cam_background",
     "dense_crf",
+    "feature_affinity",
+    "irnet_random_walk",
+    "neighbour_offsets",
     "pamr",
     "pamr_affinity",
+    "random_walk",
     "resize_image_to_mask",
     "sinkhorn_knopp",
     "unary_from_labels",
     "unary_from_probs",
+    "walk_to_labels",
 ]

@@ -5,12 +5,15 @@ kernel computes."""
 
 from wsss_ext.reference.dense_crf import dense_crf_dense
 from wsss_ext.reference.pamr import pamr_affinity_unfold, pamr_unfold
+from wsss_ext.reference.random_walk import dense_affinity_matrix, random_walk_dense
 from wsss_ext.reference.sinkhorn import sinkhorn_log_dense, sinkhorn_sela, sinkhorn_swav
 
 __all__ = [
+    "dense_affinity_matrix",
     "dense_crf_dense",
     "pamr_affinity_unfold",
     "pamr_unfold",
+    "random_walk_dense",
     "sinkhorn_log_dense",
     "sinkhorn_sela",
     "sinkhorn_swav",

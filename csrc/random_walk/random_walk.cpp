@@ -1,0 +1,61 @@
+// Random walk entry points: the C++ safety net of argument checks (Python has
+// already given friendlier messages), then the backend for the device.
+#include "random_walk/random_walk.h"
+
+namespace wsss::random_walk {
+
+void step(const StepArgs& args, uintptr_t stream) {
+  const ArrayView& weights = args.weights;
+  check_ndim(weights, 4, "weights");
+  check_dtype(weights, {DType::kFloat32, DType::kFloat64}, "weights");
+  check_contiguous(weights, "weights");
+  const int64_t batch = weights.shape[0], taps = weights.shape[1];
+  const int64_t height = weights.shape[2], width = weights.shape[3];
+  check_buffer(args.offsets, "offsets", DType::kInt32, {taps, 2}, weights, "weights", false);
+  check_ndim(args.x, 4, "x");
+  const int64_t channels = args.x.shape[1];
+  check_buffer(args.x, "x", weights.dtype, {batch, channels, height, width}, weights, "weights", false);
+  check_buffer(args.y, "y", weights.dtype, {batch, channels, height, width}, weights, "weights", true);
+  WSSS_CHECK(args.x.data != args.y.data || args.x.numel() == 0, "y must not be x's memory");
+  if (args.x.numel() == 0) return;
+  if (weights.is_cuda()) {
+#if defined(WSSS_WITH_CUDA)
+    step_cuda(args, stream);
+#else
+    throw_no_cuda("weights");
+#endif
+    return;
+  }
+  (void)stream;
+  step_cpu(args);
+}
+
+void weight_grad(const WeightGradArgs& args, uintptr_t stream) {
+  const ArrayView& grad_weights = args.grad_weights;
+  check_ndim(grad_weights, 4, "grad_weights");
+  check_dtype(grad_weights, {DType::kFloat32, DType::kFloat64}, "grad_weights");
+  check_contiguous(grad_weights, "grad_weights");
+  check_writable(grad_weights, "grad_weights");
+  const int64_t batch = grad_weights.shape[0], taps = grad_weights.shape[1];
+  const int64_t height = grad_weights.shape[2], width = grad_weights.shape[3];
+  check_buffer(args.offsets, "offsets", DType::kInt32, {taps, 2}, grad_weights, "grad_weights", false);
+  check_ndim(args.x, 4, "x");
+  const int64_t channels = args.x.shape[1];
+  check_buffer(args.x, "x", grad_weights.dtype, {batch, channels, height, width}, grad_weights, "grad_weights",
+               false);
+  check_buffer(args.grad_y, "grad_y", grad_weights.dtype, {batch, channels, height, width}, grad_weights,
+               "grad_weights", false);
+  if (grad_weights.numel() == 0) return;
+  if (grad_weights.is_cuda()) {
+#if defined(WSSS_WITH_CUDA)
+    weight_grad_cuda(args, stream);
+#else
+    throw_no_cuda("grad_weights");
+#endif
+    return;
+  }
+  (void)stream;
+  weight_grad_cpu(args);
+}
+
+}  // namespace wsss::random_walk
