@@ -13,6 +13,7 @@
 #include "common/parallel.h"
 #include "common/philox.h"
 #include "dense_crf/dense_crf.h"
+#include "fickle/fickle.h"
 #include "pamr/pamr.h"
 #include "random_walk/random_walk.h"
 #include "sinkhorn/sinkhorn.h"
@@ -329,4 +330,45 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("grad_y"), py::arg("x"), py::arg("offsets"), py::arg("grad_weights"), py::arg("stream") = 0,
       "grad_weights[b, t, p] += sum_c grad_y[b, c, p] * x[b, c, p + offsets[t]]: the weight gradient of one step.");
+
+  m.def(
+      "fickle_mask_bits",
+      [](py::handle bits, uint64_t seed, int kernel_size, uint32_t drop_threshold, int64_t first_row,
+         uintptr_t stream) {
+        const wsss::fickle::BitsArgs args{to_view(bits, "bits"), {seed, kernel_size, drop_threshold, 1.0f}, first_row};
+        py::gil_scoped_release no_gil;
+        wsss::fickle::mask_bits(args, stream);
+      },
+      py::arg("bits"), py::arg("seed"), py::arg("kernel_size"), py::arg("drop_threshold"), py::arg("first_row") = 0,
+      py::arg("stream") = 0,
+      "FickleNet's keep decisions: bits [R, C, H, W] int32 for rows first_row .. first_row + R, bit t set if tap "
+      "t of the unit is kept (the centre always). Tap t of unit (r, c, i, j) is kept if word t % 4 of Philox4x32-10 at counter (r, c, i * W + j, "
+      "t // 4) under key (seed low, high 32 bits) has its top 24 bits >= drop_threshold (ceil(p * 2**24)).");
+
+  m.def(
+      "fickle_masked_tap",
+      [](py::handle input, py::handle output, py::handle bits, int kernel_size, double keep_scale, int tap,
+         bool transpose, uintptr_t stream) {
+        const wsss::fickle::TapArgs args{to_view(input, "input"), to_view(output, "output"), to_view(bits, "bits"),
+                                         kernel_size,            static_cast<float>(keep_scale), tap, transpose};
+        py::gil_scoped_release no_gil;
+        wsss::fickle::masked_tap(args, stream);
+      },
+      py::arg("input"), py::arg("output"), py::arg("bits"), py::arg("kernel_size"), py::arg("keep_scale"),
+      py::arg("tap"), py::arg("transpose") = false, py::arg("stream") = 0,
+      "FickleNet's kept units of one tap. Forward: output [R, C, H, W] = keep * x shifted by the tap, input x "
+      "[B, C, H, W], row r from image r % B. Transpose: output grad_x [B, C, H, W] += the adjoint applied to "
+      "input grad [R, C, H, W]. Kept off-centre units are multiplied by keep_scale.");
+
+  m.def(
+      "fickle_mask_counts",
+      [](py::handle bits, py::handle counts, int kernel_size, double keep_scale, uintptr_t stream) {
+        const wsss::fickle::CountArgs args{to_view(bits, "bits"), to_view(counts, "counts"), kernel_size,
+                                           static_cast<float>(keep_scale)};
+        py::gil_scoped_release no_gil;
+        wsss::fickle::mask_counts(args, stream);
+      },
+      py::arg("bits"), py::arg("counts"), py::arg("kernel_size"), py::arg("keep_scale"), py::arg("stream") = 0,
+      "counts [R, C, k*k]: per row, channel and tap, the sum of the tap's multipliers over the positions whose "
+      "tap lies inside the map.");
 }

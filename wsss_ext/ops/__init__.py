@@ -2,6 +2,7 @@
 (checks, allocation, fake implementations) and the public function."""
 
 from wsss_ext.ops.dense_crf import dense_crf, unary_from_labels, unary_from_probs
+from wsss_ext.ops.fickle import expanded_dropout, fickle_conv2d, fickle_gradcam
 from wsss_ext.ops.pamr import pamr, pamr_affinity, resize_image_to_mask
 from wsss_ext.ops.random_walk import (
     affinitynet_random_walk,
@@ -20,7 +21,10 @@ __all__ = [
     "boundary_affinity",
     "cam_background",
     "dense_crf",
+    "expanded_dropout",
     "feature_affinity",
+    "fickle_conv2d",
+    "fickle_gradcam",
     "irnet_random_walk",
     "neighbour_offsets",
     "pamr",

@@ -4,6 +4,7 @@ benchmarks hold the kernels against, and the shortest way to read what a
 kernel computes."""
 
 from wsss_ext.reference.dense_crf import dense_crf_dense
+from wsss_ext.reference.fickle import expand_windows, fickle_conv2d_expanded
 from wsss_ext.reference.pamr import pamr_affinity_unfold, pamr_unfold
 from wsss_ext.reference.random_walk import dense_affinity_matrix, random_walk_dense
 from wsss_ext.reference.sinkhorn import sinkhorn_log_dense, sinkhorn_sela, sinkhorn_swav
@@ -11,6 +12,8 @@ from wsss_ext.reference.sinkhorn import sinkhorn_log_dense, sinkhorn_sela, sinkh
 __all__ = [
     "dense_affinity_matrix",
     "dense_crf_dense",
+    "expand_windows",
+    "fickle_conv2d_expanded",
     "pamr_affinity_unfold",
     "pamr_unfold",
     "random_walk_dense",

@@ -1,0 +1,413 @@
+"""FickleNet's random selection of hidden units (Lee et al., "FickleNet:
+Weakly and Semi-supervised Semantic Image Segmentation using Stochastic
+Inference", CVPR 2019), without the expanded feature map.
+
+The paper expands x [B, C, H, W] to [B, C, kH, kW] so that the k x k window of
+every position is its own block, drops units of the expanded map (the window
+centres never), and applies its k x k classifier conv with stride k. Unit
+(c, i, j, u, v) of the expanded map is ``x[c, i + u - k//2, j + v - k//2]``
+(zero outside the map). Here the same masked conv is a sum over the k^2 taps
+of a 1 x 1 conv (a matmul) of the masked, shifted input, so the largest
+temporaries are one input-sized map and the keep decisions, one bit per tap
+(an int32 per unit). The decisions come from a counter-based generator
+(Philox4x32-10) keyed by (seed, row, channel, position, tap), so CPU and CUDA
+draw the same ones, the faithful expanded op uses the same ones, and
+``n_samples`` stochastic selections share one input.
+
+Choices the paper leaves open, as decided here:
+
+- The mask is per hidden unit: per channel, position and tap.
+- Kept units are not rescaled by default (``rescale=False``): the selection is
+  used at inference too, so no train/test scale needs matching, and the
+  classifier sees the features' own scale. ``rescale=True`` multiplies the
+  kept non-centre units by 1 / (1 - p), making each unit's expectation its value.
+- Stochastic Grad-CAM aggregation: each map is divided by its maximum; a pixel
+  belongs to a class of the image if any of the N maps of that class exceeds
+  ``threshold``; among several such classes it takes the one with the highest
+  mean (normalised) map; a pixel with none is ``ignore_index``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from wsss_ext import _C
+from wsss_ext.ops._checks import check_int, check_real, check_tensor, cuda_stream
+
+__all__ = ["expanded_dropout", "fickle_conv2d", "fickle_gradcam"]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_MAX_SEED = 2**63
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _check_seed(seed: object) -> int:
+    if seed is None:
+        # Drawn from torch's default generator, so torch.manual_seed makes runs repeat.
+        return int(torch.randint(0, _MAX_SEED - 1, (1,), dtype=torch.int64).item())
+    seed = check_int(seed, "seed", minimum=0)
+    if seed >= _MAX_SEED:
+        raise ValueError(f"seed must be < 2**63, got {seed}")
+    return seed
+
+
+def _check_p(p: object) -> float:
+    p = check_real(p, "p")
+    if not 0 <= p < 1:
+        raise ValueError(f"p must be in [0, 1), got {p}")
+    return p
+
+
+def _check_kernel_size(kernel_size: object) -> int:
+    kernel_size = check_int(kernel_size, "kernel_size", minimum=1)
+    if kernel_size % 2 == 0 or kernel_size > 5:
+        raise ValueError(f"kernel_size must be odd (the window needs a centre) and at most 5, got {kernel_size}")
+    return kernel_size
+
+
+def _check_features(x: object) -> Tensor:
+    x = check_tensor(x, "x", ndim=4, layout="B x C x H x W", dtypes=_FLOAT_DTYPES)
+    if not bool(torch.isfinite(x.detach()).all()):
+        raise ValueError("x contains NaN or inf")
+    return x
+
+
+def _keep_scale(p: float, rescale: bool) -> float:
+    return 1.0 / (1.0 - p) if rescale else 1.0
+
+
+def _drop_threshold(p: float) -> int:
+    """Drawn 24-bit values below it drop a unit: probability p (to 2^-24)."""
+    return math.ceil(p * 2**24)
+
+
+# ---------------------------------------------------------------------------
+# Custom ops on checked, contiguous inputs of the compute dtype
+# ---------------------------------------------------------------------------
+
+
+@torch.library.custom_op("wsss_ext::fickle_mask_bits", mutates_args=())
+def _mask_bits(x: Tensor, seed: int, kernel_size: int, drop_threshold: int, rows: int, first_row: int) -> Tensor:
+    """[rows, C, H, W] int32 keep bits (bit t: tap t kept) of selection rows first_row ..."""
+    bits = torch.empty((rows, *x.shape[1:]), dtype=torch.int32, device=x.device)
+    _C.fickle_mask_bits(bits, seed, kernel_size, drop_threshold, first_row, cuda_stream(x))
+    return bits
+
+
+@_mask_bits.register_fake
+def _(x, seed, kernel_size, drop_threshold, rows, first_row):
+    return x.new_empty((rows, *x.shape[1:]), dtype=torch.int32)
+
+
+@torch.library.custom_op("wsss_ext::fickle_masked_tap", mutates_args=())
+def _masked_tap(x: Tensor, bits: Tensor, kernel_size: int, keep_scale: float, tap: int) -> Tensor:
+    """[R, C, H, W]: the kept units of one tap (row r from image r % B)."""
+    out = x.new_empty(bits.shape)
+    _C.fickle_masked_tap(x, out, bits, kernel_size, keep_scale, tap, False, cuda_stream(x))
+    return out
+
+
+@_masked_tap.register_fake
+def _(x, bits, kernel_size, keep_scale, tap):
+    return x.new_empty(bits.shape)
+
+
+@torch.library.custom_op("wsss_ext::fickle_masked_tap_transpose", mutates_args=())
+def _masked_tap_transpose(grad: Tensor, bits: Tensor, kernel_size: int, keep_scale: float, tap: int,
+                          batch: int) -> Tensor:
+    """The adjoint of _masked_tap: [batch, C, H, W] from grad [R, C, H, W]."""
+    grad_x = grad.new_zeros((batch, *grad.shape[1:]))
+    _C.fickle_masked_tap(grad, grad_x, bits, kernel_size, keep_scale, tap, True, cuda_stream(grad))
+    return grad_x
+
+
+@_masked_tap_transpose.register_fake
+def _(grad, bits, kernel_size, keep_scale, tap, batch):
+    return grad.new_empty((batch, *grad.shape[1:]))
+
+
+def _masked_tap_setup(ctx, inputs, output):
+    x, bits, kernel_size, keep_scale, tap = inputs
+    ctx.save_for_backward(bits)
+    ctx.settings, ctx.batch = (kernel_size, keep_scale, tap), x.shape[0]
+
+
+def _masked_tap_backward(ctx, grad):
+    (bits,) = ctx.saved_tensors
+    return _masked_tap_transpose(grad.contiguous(), bits, *ctx.settings, ctx.batch), None, None, None, None
+
+
+torch.library.register_autograd("wsss_ext::fickle_masked_tap", _masked_tap_backward, setup_context=_masked_tap_setup)
+
+
+@torch.library.custom_op("wsss_ext::fickle_conv2d", mutates_args=())
+def _fickle_conv(x: Tensor, weight: Tensor, bias: Tensor | None, bits: Tensor, keep_scale: float) -> Tensor:
+    """[R, O, H, W]: the sum over taps of weight[:, :, tap] @ (kept units of the tap)."""
+    batch, channels, height, width = x.shape
+    rows, kernel_size, stream = bits.shape[0], weight.shape[-1], cuda_stream(x)
+    taps = weight.flatten(2)  # [O, C, k*k]
+    units = x.new_empty(bits.shape)  # one tap's units at a time, the largest temporary
+    out = x.new_zeros((rows, weight.shape[0], height * width))
+    for tap in range(kernel_size * kernel_size):
+        _C.fickle_masked_tap(x, units, bits, kernel_size, keep_scale, tap, False, stream)
+        out += torch.matmul(taps[:, :, tap].contiguous(), units.view(rows, channels, height * width))
+    if bias is not None:
+        out += bias.view(1, -1, 1)
+    return out.view(rows, weight.shape[0], height, width)
+
+
+@_fickle_conv.register_fake
+def _(x, weight, bias, bits, keep_scale):
+    return x.new_empty((bits.shape[0], weight.shape[0], *x.shape[2:]))
+
+
+@torch.library.custom_op("wsss_ext::fickle_conv2d_backward", mutates_args=())
+def _fickle_conv_backward(grad: Tensor, x: Tensor, weight: Tensor, bits: Tensor,
+                          keep_scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of x, weight and bias; each tap's units are recomputed from the bits, not stored."""
+    batch, channels, height, width = x.shape
+    rows, kernel_size, stream = bits.shape[0], weight.shape[-1], cuda_stream(x)
+    taps = weight.flatten(2)
+    grad_rows = grad.reshape(rows, weight.shape[0], height * width)
+    grad_x = torch.zeros_like(x)
+    grad_taps = torch.empty_like(taps)
+    units = x.new_empty(bits.shape)
+    for tap in range(kernel_size * kernel_size):
+        _C.fickle_masked_tap(x, units, bits, kernel_size, keep_scale, tap, False, stream)
+        grad_taps[:, :, tap] = torch.matmul(grad_rows, units.view(rows, channels, -1).transpose(1, 2)).sum(0)
+        grad_units = torch.matmul(taps[:, :, tap].T.contiguous(), grad_rows)
+        _C.fickle_masked_tap(grad_units.view(bits.shape), grad_x, bits, kernel_size, keep_scale, tap, True, stream)
+    return grad_x, grad_taps.view_as(weight), grad_rows.sum((0, 2))
+
+
+@_fickle_conv_backward.register_fake
+def _(grad, x, weight, bits, keep_scale):
+    return torch.empty_like(x), torch.empty_like(weight), weight.new_empty(weight.shape[0])
+
+
+def _fickle_conv_setup(ctx, inputs, output):
+    x, weight, bias, bits, keep_scale = inputs
+    ctx.save_for_backward(x, weight, bits)
+    ctx.keep_scale, ctx.has_bias = keep_scale, bias is not None
+
+
+def _fickle_conv_grad(ctx, grad):
+    x, weight, bits = ctx.saved_tensors
+    grad_x, grad_weight, grad_bias = _fickle_conv_backward(grad.contiguous(), x, weight, bits, ctx.keep_scale)
+    return grad_x, grad_weight, grad_bias if ctx.has_bias else None, None, None
+
+
+torch.library.register_autograd("wsss_ext::fickle_conv2d", _fickle_conv_grad, setup_context=_fickle_conv_setup)
+
+
+# ---------------------------------------------------------------------------
+# The public functions
+# ---------------------------------------------------------------------------
+
+
+def expanded_dropout(
+    x: Tensor, kernel_size: int = 3, p: float = 0.9, *, seed: int | None = None, training: bool = True,
+    rescale: bool = False,
+) -> Tensor:
+    """FickleNet's faithful op: the expanded map with centre-preserving dropout.
+
+    Each output position's k x k window becomes its own block (zero padding
+    outside the map); every unit of it except the window centre is dropped
+    with probability ``p``, independently per channel, position and tap.
+    ``conv2d(expanded_dropout(x, k, p, seed=s), weight, bias, stride=k)``
+    equals ``fickle_conv2d(x, weight, bias, p, seed=s)``, which never builds
+    this k^2-times larger map: use this op to read or check the masks.
+
+    Args:
+        x: B x C x H x W features (float16/bfloat16/float32/float64).
+        kernel_size: k, odd.
+        p: drop probability in [0, 1) (0.9 in the paper).
+        seed: the masks are a function of it (and of row, channel, position,
+            tap); ``None`` draws one from torch's default generator.
+        training: ``False`` keeps every unit (the plain expansion).
+        rescale: multiply kept non-centre units by 1 / (1 - p).
+
+    Returns:
+        B x C x (H k) x (W k) in x's dtype; differentiable in x.
+
+    Example:
+        >>> import torch, wsss_ext
+        >>> x = torch.ones(1, 2, 4, 4)
+        >>> e = wsss_ext.expanded_dropout(x, 3, p=0.5, seed=0)
+        >>> e.shape, bool((e[..., 1::3, 1::3] == 1).all())   # centres kept
+        (torch.Size([1, 2, 12, 12]), True)
+    """
+    kernel_size = _check_kernel_size(kernel_size)
+    p = _check_p(p) if training else 0.0
+    seed = _check_seed(seed)
+    x = _check_features(x)
+    batch, channels, height, width = x.shape
+    source = x.to(_compute_dtype(x)).contiguous()
+    bits = _mask_bits(source, seed, kernel_size, _drop_threshold(p), batch, 0)
+    scale = _keep_scale(p, rescale)
+    blocks = [_masked_tap(source, bits, kernel_size, scale, tap) for tap in range(kernel_size * kernel_size)]
+    # [k*k, B, C, H, W] -> [B, C, H, u, W, v] -> [B, C, H k, W k]
+    expanded = torch.stack(blocks).view(kernel_size, kernel_size, batch, channels, height, width)
+    expanded = expanded.permute(2, 3, 4, 0, 5, 1).reshape(batch, channels, height * kernel_size, width * kernel_size)
+    return expanded.to(x.dtype)
+
+
+def _check_conv(x: Tensor, weight: object, bias: object) -> tuple[Tensor, Tensor | None]:
+    weight = check_tensor(weight, "weight", ndim=4, layout="O x C x k x k", dtypes=_FLOAT_DTYPES)
+    if weight.shape[1] != x.shape[1] or weight.shape[2] != weight.shape[3]:
+        raise ValueError(
+            f"weight must be O x C x k x k with C = {x.shape[1]} (x's channels) and a square kernel, "
+            f"got shape {tuple(weight.shape)}"
+        )
+    _check_kernel_size(weight.shape[-1])
+    if weight.device != x.device:
+        raise ValueError(f"weight is on {weight.device} but x is on {x.device}")
+    if bias is not None:
+        bias = check_tensor(bias, "bias", ndim=1, dtypes=_FLOAT_DTYPES)
+        if bias.shape[0] != weight.shape[0] or bias.device != x.device:
+            raise ValueError(f"bias must have {weight.shape[0]} values on {x.device}, got {tuple(bias.shape)} on "
+                             f"{bias.device}")
+    return weight, bias
+
+
+def fickle_conv2d(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, p: float = 0.9, *, seed: int | None = None,
+    n_samples: int = 1, training: bool = True, rescale: bool = False,
+) -> Tensor:
+    """FickleNet's classifier conv over randomly selected hidden units, fused.
+
+    Equal to ``conv2d(expanded_dropout(x, k, p, seed=seed), weight, bias,
+    stride=k)`` for the same seed (``x`` repeated ``n_samples`` times), without
+    the expanded map: the k x k conv is a sum of k^2 matmuls of the masked,
+    shifted input, its backward regenerates the masks.
+
+    Args:
+        x: B x C x H x W features. weight: O x C x k x k (k odd); bias: O or None.
+        p: drop probability in [0, 1). seed: as in :func:`expanded_dropout`.
+        n_samples: stochastic selections per image, sharing one input; output
+            row ``s * B + b`` is selection s of image b.
+        training: ``False`` keeps every unit: ``conv2d(x, weight, bias,
+            padding=k // 2)`` for each sample.
+        rescale: multiply kept non-centre units by 1 / (1 - p).
+
+    Returns:
+        (n_samples B) x O x H x W in x's dtype (computed in float32, or
+        float64); differentiable in x, weight and bias.
+
+    Example:
+        >>> import torch, wsss_ext
+        >>> x, w = torch.randn(2, 16, 9, 9), torch.randn(20, 16, 3, 3)
+        >>> out = wsss_ext.fickle_conv2d(x, w, p=0.9, seed=0, n_samples=4)
+        >>> out.shape
+        torch.Size([8, 20, 9, 9])
+        >>> full = wsss_ext.fickle_conv2d(x, w, p=0.0, seed=0)   # nothing dropped: an ordinary conv
+        >>> bool(torch.allclose(full, torch.nn.functional.conv2d(x, w, padding=1), atol=1e-4))
+        True
+    """
+    x = _check_features(x)
+    weight, bias = _check_conv(x, weight, bias)
+    p = _check_p(p)
+    seed = _check_seed(seed)
+    n_samples = check_int(n_samples, "n_samples", minimum=1)
+    dtype = _compute_dtype(x, weight)
+    if not training:
+        out = F.conv2d(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
+                       padding=weight.shape[-1] // 2)
+        return out.repeat(n_samples, 1, 1, 1).to(x.dtype)
+    if x.numel() == 0:
+        return x.new_zeros((n_samples * x.shape[0], weight.shape[0], *x.shape[2:]))
+    source = x.to(dtype).contiguous()
+    bits = _mask_bits(source, seed, weight.shape[-1], _drop_threshold(p), n_samples * x.shape[0], 0)
+    out = _fickle_conv(source, weight.to(dtype).contiguous(), None if bias is None else bias.to(dtype).contiguous(),
+                       bits, _keep_scale(p, rescale))
+    return out.to(x.dtype)
+
+
+def fickle_gradcam(
+    x: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, p: float = 0.9, n_samples: int = 200,
+    seed: int | None = None, threshold: float = 0.35, *, rescale: bool = False, ignore_index: int = 255,
+    chunk_samples: int = 16,
+) -> tuple[Tensor, Tensor]:
+    r"""FickleNet's stochastic inference: N Grad-CAM maps, aggregated.
+
+    The head is the masked conv (:func:`fickle_conv2d`) then global average
+    pooling, which is linear in ``x``, so the Grad-CAM weights of class o on
+    channel c have a closed form: :math:`\alpha_{oc} = \frac{1}{(HW)^2}
+    \sum_t W_{oct} K_{ct}`, K the sum of the mask over the positions whose tap
+    t lies inside the map. Each map is ``relu(sum_c alpha_oc x_c)``; no
+    autograd, no per-sample backward pass.
+
+    Args:
+        x: B x C x H x W features (the classifier's input). weight, bias: the
+            classifier conv (O x C x k x k, O).
+        labels: B x O image-level labels (multi-hot, bool or 0/1); only
+            these classes get maps and pixels.
+        p, seed, rescale: as in :func:`fickle_conv2d`. n_samples: N (200 in
+            the paper).
+        threshold: a pixel belongs to class o if one of its N normalised maps
+            exceeds it (0.35 in the paper).
+        ignore_index: the pseudo-label of pixels with no class.
+        chunk_samples: selections processed together (bounds memory).
+
+    Returns:
+        ``(maps, pseudo_label)``: B x O x H x W mean normalised Grad-CAM maps
+        (zero for absent classes), and B x H x W int64 labels (class index or
+        ``ignore_index``), where several classes hit, the one with the
+        highest mean map.
+
+    Example:
+        >>> import torch, wsss_ext
+        >>> x, w = torch.rand(1, 32, 21, 21), torch.randn(20, 32, 3, 3)
+        >>> labels = torch.zeros(1, 20); labels[0, [3, 7]] = 1
+        >>> maps, label = wsss_ext.fickle_gradcam(x, w, None, labels, n_samples=16, seed=0)
+        >>> maps.shape, label.shape, sorted(set(label.unique().tolist()) - {255}) <= [3, 7]
+        (torch.Size([1, 20, 21, 21]), torch.Size([1, 21, 21]), True)
+    """
+    x = _check_features(x)
+    weight, bias = _check_conv(x, weight, bias)
+    p = _check_p(p)
+    seed = _check_seed(seed)
+    n_samples = check_int(n_samples, "n_samples", minimum=1)
+    chunk_samples = check_int(chunk_samples, "chunk_samples", minimum=1)
+    threshold = check_real(threshold, "threshold")
+    ignore_index = check_int(ignore_index, "ignore_index")
+    labels = check_tensor(labels, "labels", ndim=2, layout="B x O")
+    batch, channels, height, width = x.shape
+    classes, kernel_size = weight.shape[0], weight.shape[-1]
+    if labels.shape != (batch, classes):
+        raise ValueError(f"labels must be B x O = {batch} x {classes}, got {tuple(labels.shape)}")
+    present = labels.to(device=x.device) > 0
+
+    dtype = _compute_dtype(x, weight)
+    features = x.detach().to(dtype).reshape(batch, channels, height * width)
+    taps = weight.detach().to(dtype).flatten(2)  # [O, C, T]
+    scale, threshold_bits, stream = _keep_scale(p, rescale), _drop_threshold(p), cuda_stream(x)
+    source = x.detach().to(dtype).contiguous()
+    sums = torch.zeros(batch, classes, height * width, dtype=dtype, device=x.device)
+    hits = torch.zeros(batch, classes, height * width, dtype=torch.bool, device=x.device)
+    for first in range(0, n_samples, chunk_samples):
+        count = min(chunk_samples, n_samples - first)
+        # Rows first B .. of the n_samples B selections: the masks of
+        # fickle_conv2d(n_samples=n_samples, seed=seed), whatever the chunking.
+        bits = _mask_bits(source, seed, kernel_size, threshold_bits, count * batch, first * batch)
+        rows = torch.empty(count * batch, channels, kernel_size * kernel_size, dtype=dtype, device=x.device)
+        _C.fickle_mask_counts(bits, rows, kernel_size, scale, stream)
+        del bits
+        alpha = torch.einsum("oct,rct->roc", taps, rows) / float(height * width) ** 2  # [count B, O, C]
+        cams = torch.relu(torch.matmul(alpha.view(count, batch, classes, channels), features))  # [count, B, O, HW]
+        cams = cams / cams.amax(3, keepdim=True).clamp(min=1e-5)
+        sums += cams.sum(0)
+        hits |= (cams > threshold).any(0)
+    maps = (sums / n_samples) * present.unsqueeze(2)
+    hits &= present.unsqueeze(2)
+    scores = torch.where(hits, maps, torch.full_like(maps, -1.0))
+    best = scores.argmax(1)
+    pseudo = torch.where(hits.any(1), best, torch.full_like(best, ignore_index))
+    return maps.view(batch, classes, height, width).to(x.dtype), pseudo.view(batch, height, width)
