@@ -12,9 +12,11 @@
 #include "common/cuda_device.h"
 #include "common/parallel.h"
 #include "common/philox.h"
+#include "correlation/correlation.h"
 #include "dense_crf/dense_crf.h"
 #include "fickle/fickle.h"
 #include "pamr/pamr.h"
+#include "propagation/propagation.h"
 #include "random_walk/random_walk.h"
 #include "sinkhorn/sinkhorn.h"
 
@@ -140,6 +142,32 @@ wsss::dense_crf::Lattice lattice_from_dict(const py::dict& buffers) {
 
 // None -> an empty view (data null), for optional outputs.
 ArrayView optional_view(py::handle obj, const char* arg) { return obj.is_none() ? ArrayView{} : to_view(obj, arg); }
+
+// (kernel, patch, stride, padding, dilation, dilation_patch), each as (h, w).
+wsss::correlation::Geometry geometry_from(const std::array<std::array<int, 2>, 6>& sizes) {
+  wsss::correlation::Geometry g;
+  g.kernel_h = sizes[0][0];
+  g.kernel_w = sizes[0][1];
+  g.patch_h = sizes[1][0];
+  g.patch_w = sizes[1][1];
+  g.stride_h = sizes[2][0];
+  g.stride_w = sizes[2][1];
+  g.pad_h = sizes[3][0];
+  g.pad_w = sizes[3][1];
+  g.dilation_h = sizes[4][0];
+  g.dilation_w = sizes[4][1];
+  g.dilation_patch_h = sizes[5][0];
+  g.dilation_patch_w = sizes[5][1];
+  return g;
+}
+
+wsss::propagation::Problem problem_from(int radius, double inv_temperature, int topk) {
+  wsss::propagation::Problem problem;
+  problem.radius = radius;
+  problem.inv_temperature = inv_temperature;
+  problem.topk = topk;
+  return problem;
+}
 
 py::dict build_info() {
   py::dict info;
@@ -371,4 +399,68 @@ PYBIND11_MODULE(_C, m) {
       py::arg("bits"), py::arg("counts"), py::arg("kernel_size"), py::arg("keep_scale"), py::arg("stream") = 0,
       "counts [R, C, k*k]: per row, channel and tap, the sum of the tap's multipliers over the positions whose "
       "tap lies inside the map.");
+
+  m.def(
+      "correlation_forward",
+      [](py::handle in1, py::handle in2, py::handle out, std::array<std::array<int, 2>, 6> sizes, uintptr_t stream) {
+        const wsss::correlation::ForwardArgs args{to_view(in1, "in1"), to_view(in2, "in2"), to_view(out, "out"),
+                                                  geometry_from(sizes)};
+        py::gil_scoped_release no_gil;
+        wsss::correlation::forward(args, stream);
+      },
+      py::arg("in1"), py::arg("in2"), py::arg("out"), py::arg("sizes"), py::arg("stream") = 0,
+      "spatial-correlation-sampler's correlation of channels-last in1, in2 [B, H, W, C] into out [B, pH, pW, oH, "
+      "oW]; sizes = ((kH, kW), (patchH, patchW), stride, padding, dilation, dilation_patch), each (h, w).");
+
+  m.def(
+      "correlation_backward",
+      [](py::handle in1, py::handle in2, py::handle grad, py::handle grad_in1, py::handle grad_in2,
+         std::array<std::array<int, 2>, 6> sizes, uintptr_t stream) {
+        const wsss::correlation::BackwardArgs args{to_view(in1, "in1"),         to_view(in2, "in2"),
+                                                   to_view(grad, "grad"),       optional_view(grad_in1, "grad_in1"),
+                                                   optional_view(grad_in2, "grad_in2"), geometry_from(sizes)};
+        py::gil_scoped_release no_gil;
+        wsss::correlation::backward(args, stream);
+      },
+      py::arg("in1"), py::arg("in2"), py::arg("grad"), py::arg("grad_in1"), py::arg("grad_in2"), py::arg("sizes"),
+      py::arg("stream") = 0,
+      "Gradients of correlation_forward: grad [B, pH, pW, oH, oW] -> grad_in1, grad_in2 [B, H, W, C] (None: not "
+      "computed).");
+
+  m.def(
+      "propagation_forward",
+      [](py::handle query, py::handle keys, py::handle values, py::handle out, py::handle lse, py::handle topk_index,
+         int radius, double inv_temperature, int topk, uintptr_t stream) {
+        const wsss::propagation::ForwardArgs args{to_view(query, "query"),   to_view(keys, "keys"),
+                                                  to_view(values, "values"), to_view(out, "out"),
+                                                  to_view(lse, "lse"),       optional_view(topk_index, "topk_index"),
+                                                  problem_from(radius, inv_temperature, topk)};
+        py::gil_scoped_release no_gil;
+        wsss::propagation::forward(args, stream);
+      },
+      py::arg("query"), py::arg("keys"), py::arg("values"), py::arg("out"), py::arg("lse"), py::arg("topk_index"),
+      py::arg("radius"), py::arg("inv_temperature"), py::arg("topk"), py::arg("stream") = 0,
+      "Label propagation: out [B, H, W, L] = softmax over the R x (2 radius + 1)^2 candidates (or their top-k) of "
+      "query . key * inv_temperature, applied to the values. Channels-last query [B, H, W, C], keys [B, R, H, W, "
+      "C], values [B, R, H, W, L]; writes lse [B, H, W] and topk_index [B, H, W, topk] int32 for the backward.");
+
+  m.def(
+      "propagation_backward",
+      [](py::handle query, py::handle keys, py::handle values, py::handle grad_out, py::handle lse, py::handle delta,
+         py::handle topk_index, py::handle grad_query, py::handle grad_keys, py::handle grad_values, int radius,
+         double inv_temperature, int topk, uintptr_t stream) {
+        const wsss::propagation::BackwardArgs args{
+            to_view(query, "query"),           to_view(keys, "keys"),
+            to_view(values, "values"),         to_view(grad_out, "grad_out"),
+            to_view(lse, "lse"),               to_view(delta, "delta"),
+            optional_view(topk_index, "topk_index"), to_view(grad_query, "grad_query"),
+            to_view(grad_keys, "grad_keys"),   to_view(grad_values, "grad_values"),
+            problem_from(radius, inv_temperature, topk)};
+        py::gil_scoped_release no_gil;
+        wsss::propagation::backward(args, stream);
+      },
+      py::arg("query"), py::arg("keys"), py::arg("values"), py::arg("grad_out"), py::arg("lse"), py::arg("delta"),
+      py::arg("topk_index"), py::arg("grad_query"), py::arg("grad_keys"), py::arg("grad_values"), py::arg("radius"),
+      py::arg("inv_temperature"), py::arg("topk"), py::arg("stream") = 0,
+      "Gradients of propagation_forward; delta [B, H, W] = sum_l grad_out * out.");
 }

@@ -32,6 +32,8 @@ Example, Sinkhorn codes from numpy with one balancing step::
 
 from wsss_ext._C import (
     ArrayView,
+    correlation_backward,
+    correlation_forward,
     dense_crf_build_vertices,
     dense_crf_filter,
     dense_crf_link,
@@ -43,6 +45,8 @@ from wsss_ext._C import (
     pamr_affinity,
     pamr_propagate,
     philox4x32_10,
+    propagation_backward,
+    propagation_forward,
     random_walk_step,
     random_walk_weight_grad,
     sinkhorn_codes,
@@ -52,6 +56,8 @@ from wsss_ext._C import (
 
 __all__ = [
     "ArrayView",
+    "correlation_backward",
+    "correlation_forward",
     "dense_crf_build_vertices",
     "dense_crf_filter",
     "dense_crf_link",
@@ -63,6 +69,8 @@ __all__ = [
     "pamr_affinity",
     "pamr_propagate",
     "philox4x32_10",
+    "propagation_backward",
+    "propagation_forward",
     "random_walk_step",
     "random_walk_weight_grad",
     "sinkhorn_codes",

@@ -1,9 +1,11 @@
 """The kernels: one module per kernel, each a set of torch.library custom ops
 (checks, allocation, fake implementations) and the public function."""
 
+from wsss_ext.ops.correlation import correlation
 from wsss_ext.ops.dense_crf import dense_crf, unary_from_labels, unary_from_probs
 from wsss_ext.ops.fickle import expanded_dropout, fickle_conv2d, fickle_gradcam
 from wsss_ext.ops.pamr import pamr, pamr_affinity, resize_image_to_mask
+from wsss_ext.ops.propagation import propagate_labels, track_video
 from wsss_ext.ops.random_walk import (
     affinitynet_random_walk,
     boundary_affinity,
@@ -20,6 +22,7 @@ __all__ = [
     "affinitynet_random_walk",
     "boundary_affinity",
     "cam_background",
+    "correlation",
     "dense_crf",
     "expanded_dropout",
     "feature_affinity",
@@ -29,9 +32,11 @@ __all__ = [
     "neighbour_offsets",
     "pamr",
     "pamr_affinity",
+    "propagate_labels",
     "random_walk",
     "resize_image_to_mask",
     "sinkhorn_knopp",
+    "track_video",
     "unary_from_labels",
     "unary_from_probs",
     "walk_to_labels",
