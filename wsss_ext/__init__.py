@@ -21,7 +21,7 @@ except ImportError as error:  # the usual cause: importing the repository's sour
     ) from error
 
 from wsss_ext._info import __version__, build_info
-from wsss_ext import nn
+from wsss_ext import metrics, nn
 from wsss_ext.ops import (
     affinitynet_random_walk,
     boundary_affinity,
@@ -59,6 +59,7 @@ __all__ = [
     "fickle_conv2d",
     "fickle_gradcam",
     "irnet_random_walk",
+    "metrics",
     "neighbour_offsets",
     "nn",
     "pamr",

@@ -1,0 +1,141 @@
+"""ResNet with bottleneck blocks (He et al., CVPR 2016) and a configurable
+output stride, as WSSS backbones use it (stride 16 for CAMs, 8 for
+segmentation): the last stages trade their stride for dilation.
+
+Module and parameter names are torchvision's (``conv1``, ``bn1``,
+``layer1.0.conv1``, ``layer1.0.downsample.0`` ...), so
+``model.load_state_dict(torch.load("resnet50-0676ba61.pth"), strict=False)``
+loads torchvision's ImageNet weights from a local file (the ``fc`` head is
+the only extra).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Bottleneck", "ResNet", "resnet101", "resnet50", "resnet_tiny"]
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (stride, dilation) -> 1x1 with a residual connection; stride
+    on the 3x3 conv, as torchvision's v1.5."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
+                 downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """A bottleneck ResNet.
+
+    Args:
+        layers: blocks per stage ((3, 4, 6, 3) for ResNet-50).
+        output_stride: 32, 16 or 8; stages past it are dilated instead of strided.
+        width: channels of the stem and of the first stage's 3x3 convs (64 in
+            the paper; small values make CPU-sized models).
+        num_classes: size of the ``fc`` head (ImageNet's 1000); ``None`` for none.
+
+    ``forward`` returns the last stage's features; ``features(x)`` returns
+    every stage's (stride 4, 8, 16 or less, and the last).
+    """
+
+    def __init__(self, layers: tuple[int, int, int, int] = (3, 4, 6, 3), output_stride: int = 16, width: int = 64,
+                 num_classes: int | None = None) -> None:
+        super().__init__()
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        self.output_stride = output_stride
+        self.inplanes, self.dilation = width, 1
+        self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        # Stages 3 and 4 keep stride 2 unless the output stride asks for dilation.
+        dilate3, dilate4 = output_stride == 8, output_stride <= 16
+        self.layer1 = self._make_layer(width, layers[0])
+        self.layer2 = self._make_layer(width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(width * 4, layers[2], stride=2, dilate=dilate3)
+        self.layer4 = self._make_layer(width * 8, layers[3], stride=2, dilate=dilate4)
+        self.out_channels = width * 8 * Bottleneck.expansion
+        self.fc = nn.Linear(self.out_channels, num_classes) if num_classes else None
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        for module in self.modules():
+            if isinstance(module, Bottleneck):
+                nn.init.zeros_(module.bn3.weight)  # each block starts as the identity
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilate: bool = False) -> nn.Sequential:
+        previous_dilation = self.dilation
+        if dilate:
+            self.dilation *= stride
+            stride = 1
+        downsample = None
+        if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes * Bottleneck.expansion),
+            )
+        modules = [Bottleneck(self.inplanes, planes, stride, previous_dilation, downsample)]
+        self.inplanes = planes * Bottleneck.expansion
+        modules += [Bottleneck(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)]
+        return nn.Sequential(*modules)
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """The outputs of layer1 .. layer4."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        outputs = []
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x)
+            outputs.append(x)
+        return outputs
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x)[-1]
+
+    def load_torchvision(self, path: str | Path) -> list[str]:
+        """Load a torchvision ResNet state dict from a local file; returns the
+        keys that did not match (the ``fc`` head when ``num_classes`` is None)."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        result = self.load_state_dict(state, strict=False)
+        if result.missing_keys:
+            raise ValueError(f"{path} lacks {len(result.missing_keys)} backbone keys, e.g. {result.missing_keys[:3]}")
+        return list(result.unexpected_keys)
+
+
+def resnet50(output_stride: int = 16, width: int = 64, num_classes: int | None = None) -> ResNet:
+    """ResNet-50 (torchvision's layout at width 64)."""
+    return ResNet((3, 4, 6, 3), output_stride, width, num_classes)
+
+
+def resnet101(output_stride: int = 16, width: int = 64, num_classes: int | None = None) -> ResNet:
+    """ResNet-101 (torchvision's layout at width 64)."""
+    return ResNet((3, 4, 23, 3), output_stride, width, num_classes)
+
+
+def resnet_tiny(output_stride: int = 8, width: int = 16) -> ResNet:
+    """One block per stage at a small width: a CPU-sized backbone for the
+    demo and tests (about 0.3 M parameters at width 16)."""
+    return ResNet((1, 1, 1, 1), output_stride, width)
