@@ -18,7 +18,7 @@ def dense_affinity_matrix(affinity: Tensor) -> Tensor:
     for q = p + o_t inside the map (column p holds pixel p's affinities; for
     symmetric affinities it is the references' symmetric matrix), 0 elsewhere."""
     batch, taps, height, width = affinity.shape
-    offsets = {len(neighbour_offsets(r)): neighbour_offsets(r) for r in range(1, 65)}[taps]
+    offsets = next(o for o in map(neighbour_offsets, range(1, 65)) if len(o) == taps)
     n = height * width
     matrix = affinity.new_zeros(batch, n, n)
     rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
