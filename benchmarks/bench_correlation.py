@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 import wsss_ext
-from common import measure
+from common import measure, ratios
 from wsss_ext.reference import correlation_shift
 
 KERNEL = "correlation"
@@ -65,9 +65,7 @@ def _case(case: str, shape: tuple[int, int, int, int], kwargs: dict, device: tor
         for name, fn in implementations.items():
             reference, expected = measure(lambda: run(fn), device=device, warmup=1, repeat=3)
             record["references"][name] = reference
-            record["ratios"][name] = {"time": reference["median_ms"] / ours["median_ms"]}
-            if ours["peak_memory_bytes"] and reference["peak_memory_bytes"] is not None:
-                record["ratios"][name]["peak_memory"] = reference["peak_memory_bytes"] / ours["peak_memory_bytes"]
+            record["ratios"][name] = ratios(ours, reference)
             record["max_abs_diff"] = float((out.detach() - expected.detach()).abs().max())
         if sampler is None:
             record["references"]["spatial_correlation_sampler"] = {
@@ -76,7 +74,7 @@ def _case(case: str, shape: tuple[int, int, int, int], kwargs: dict, device: tor
         else:
             reference, _ = measure(lambda: run(sampler), device=device, warmup=1, repeat=3)
             record["references"]["spatial_correlation_sampler"] = reference
-            record["ratios"]["spatial_correlation_sampler"] = {"time": reference["median_ms"] / ours["median_ms"]}
+            record["ratios"]["spatial_correlation_sampler"] = ratios(ours, reference)
         records.append(record)
         print(f"    {mode}: ours {ours['median_ms']:.1f} ms, shift reference "
               f"{record['references']['shift_reference']['median_ms']:.1f} ms", flush=True)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import wsss_ext
-from common import measure
+from common import measure, ratios
 
 KERNEL = "dense_crf"
 N_LABELS = 21
@@ -112,7 +112,7 @@ def _case(case: str, batch: int, height: int, width: int, params: dict, device: 
     ref, ref_q = measure(lambda: pydensecrf_batch(dcrf, unary_np, images_hwc, N_ITERS, params), device="cpu", **repeats)
     ref["device"] = "cpu, 1 thread"
     record["references"]["pydensecrf"] = ref
-    record["ratios"]["pydensecrf"] = {"time": ref["median_ms"] / ours["median_ms"]}
+    record["ratios"]["pydensecrf"] = ratios(ours, ref)
     q = q.cpu().numpy()
     record["max_abs_diff"] = float(np.abs(q - ref_q).max())
     record["argmax_agreement"] = float((q.argmax(1) == ref_q.argmax(1)).mean())

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 import wsss_ext
-from common import measure
+from common import measure, ratios
 from wsss_ext.reference import fickle_conv2d_expanded
 
 KERNEL = "fickle"
@@ -61,10 +61,8 @@ def _conv_case(case: str, batch: int, channels: int, device: torch.device) -> di
         "params": {"kernel_size": 3, "p": P, "classes": CLASSES, "pass": "forward + backward"},
         "ours": ours,
         "references": {"expand_then_conv": reference},
-        "ratios": {"expand_then_conv": {"time": reference["median_ms"] / ours["median_ms"]}},
+        "ratios": {"expand_then_conv": ratios(ours, reference)},
     }
-    if ours["peak_memory_bytes"] and reference["peak_memory_bytes"] is not None:
-        record["ratios"]["expand_then_conv"]["peak_memory"] = reference["peak_memory_bytes"] / ours["peak_memory_bytes"]
     print(f"    ours {ours['median_ms']:.1f} ms, expand-then-conv {reference['median_ms']:.1f} ms", flush=True)
     return record
 
@@ -98,7 +96,7 @@ def _gradcam_case(n_samples: int, device: torch.device) -> dict:
         "params": {"kernel_size": 3, "p": P, "classes": CLASSES, "n_samples": n_samples, "present_classes": 2},
         "ours": ours,
         "references": {"autograd_loop": reference},
-        "ratios": {"autograd_loop": {"time": reference["median_ms"] / ours["median_ms"]}},
+        "ratios": {"autograd_loop": ratios(ours, reference)},
     }
     print(f"    ours {ours['median_ms']:.1f} ms, autograd loop {reference['median_ms']:.1f} ms", flush=True)
     return record

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import wsss_ext
-from common import measure
+from common import measure, ratios
 from wsss_ext.reference import pamr_unfold
 
 KERNEL = "pamr"
@@ -52,11 +52,9 @@ def _case(case: str, batch: int, channels: int, height: int, width: int, device:
         "params": {"dilations": list(DILATIONS), "n_iters": N_ITERS, "sigma": SIGMA},
         "ours": ours,
         "references": {"pamr_unfold": reference},
-        "ratios": {"pamr_unfold": {"time": reference["median_ms"] / ours["median_ms"]}},
+        "ratios": {"pamr_unfold": ratios(ours, reference)},
         "max_abs_diff": float((refined - expected).abs().max()),
     }
-    if ours["peak_memory_bytes"] and reference["peak_memory_bytes"] is not None:
-        record["ratios"]["pamr_unfold"]["peak_memory"] = reference["peak_memory_bytes"] / ours["peak_memory_bytes"]
     print(
         f"    ours {ours['median_ms']:.1f} ms, reference {reference['median_ms']:.1f} ms, "
         f"max |diff| {record['max_abs_diff']:.2e}",

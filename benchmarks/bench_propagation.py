@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 import wsss_ext
-from common import measure
+from common import measure, ratios
 from wsss_ext.reference import propagate_labels_unfold
 
 KERNEL = "propagation"
@@ -53,9 +53,7 @@ def _case(case: str, refs: int, kwargs: dict, device: torch.device, quick: bool)
     reference, expected = measure(lambda: propagate_labels_unfold(query, keys, values, RADIUS, **kwargs),
                                   device=device, warmup=1, repeat=3)
     record["references"]["unfold_softmax"] = reference
-    record["ratios"]["unfold_softmax"] = {"time": reference["median_ms"] / ours["median_ms"]}
-    if ours["peak_memory_bytes"] and reference["peak_memory_bytes"] is not None:
-        record["ratios"]["unfold_softmax"]["peak_memory"] = reference["peak_memory_bytes"] / ours["peak_memory_bytes"]
+    record["ratios"]["unfold_softmax"] = ratios(ours, reference)
     record["max_abs_diff"] = float((out - expected).abs().max())
     print(f"    ours {ours['median_ms']:.1f} ms, reference {reference['median_ms']:.1f} ms, "
           f"max |diff| {record['max_abs_diff']:.2e}", flush=True)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import wsss_ext
-from common import measure
+from common import measure, ratios
 from wsss_ext.reference import random_walk_dense
 
 KERNEL = "random_walk"
@@ -69,10 +69,7 @@ def _case(case: str, channels: int, height: int, width: int, kind: str, beta: fl
     reference, expected = measure(lambda: random_walk_dense(cams, affinity, beta, N_STEPS), device=device, warmup=0,
                                   repeat=1)
     record["references"]["dense"] = reference
-    ratios = {"time": reference["median_ms"] / ours["median_ms"]}
-    if ours["peak_memory_bytes"] and reference["peak_memory_bytes"] is not None:
-        ratios["peak_memory"] = reference["peak_memory_bytes"] / ours["peak_memory_bytes"]
-    record["ratios"]["dense"] = ratios
+    record["ratios"]["dense"] = ratios(ours, reference)
     record["max_abs_diff"] = float((walked - expected).abs().max())
     record["relative_error"] = float((walked - expected).norm() / expected.norm())
     record["argmax_agreement"] = float((walked.argmax(1) == expected.argmax(1)).double().mean())

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import wsss_ext
-from common import measure, time_call
+from common import measure, ratios, time_call
 from wsss_ext import reference
 
 KERNEL = "sinkhorn"
@@ -87,14 +87,6 @@ def _marginal_error(codes: torch.Tensor) -> float:
     return float((mass / n - 1.0 / k).abs().sum())
 
 
-def _ratios(ours: dict, ref: dict) -> dict:
-    """Reference / ours for time and peak memory (> 1: wsss_ext is faster / smaller)."""
-    ratios = {"time": ref["median_ms"] / ours["median_ms"]}
-    if ours["peak_memory_bytes"] and ref["peak_memory_bytes"] is not None:
-        ratios["peak_memory"] = ref["peak_memory_bytes"] / ours["peak_memory_bytes"]
-    return ratios
-
-
 def _fixed_iterations_case(case: str, n: int, k: int, device: torch.device) -> dict:
     """SwAV's setting: a few iterations on a training batch, both in float32."""
     scores = _cosine_scores(n, k, device)
@@ -109,7 +101,7 @@ def _fixed_iterations_case(case: str, n: int, k: int, device: torch.device) -> d
         "params": {"epsilon": SWAV_EPSILON, "n_iters": SWAV_ITERS, "dtype": "float32"},
         "ours": ours,
         "references": {"swav_recipe": ref},
-        "ratios": {"swav_recipe": _ratios(ours, ref)},
+        "ratios": {"swav_recipe": ratios(ours, ref)},
         "max_abs_diff": _max_abs_diff(codes, ref_codes),
     }
 
@@ -207,7 +199,7 @@ def _sela_case(n: int, k: int, device: torch.device) -> dict:
     record["ours"] = ours
     if ref_codes is not None:
         ref = record["references"]["sela_float64"]
-        record["ratios"]["sela_float64"] = dict(_ratios(ours, ref),
+        record["ratios"]["sela_float64"] = dict(ratios(ours, ref),
                                                 per_iteration=ref["per_iteration_ms"] / ours["per_iteration_ms"])
         record["max_abs_diff"] = _max_abs_diff(codes, ref_codes)
     return record

@@ -41,6 +41,7 @@ __all__ = [
     "measure",
     "peak_memory",
     "plot_results",
+    "ratios",
     "time_call",
     "write_results",
 ]
@@ -175,6 +176,15 @@ def measure(
         outputs.clear()
         peak = peak_memory(call, device)
     return {**timing, "peak_memory_bytes": peak}, outputs[0]
+
+
+def ratios(ours: dict, reference: dict) -> dict:
+    """Reference / ours for time and peak memory (> 1: wsss_ext is faster /
+    smaller); memory only where both were measured."""
+    result = {"time": reference["median_ms"] / ours["median_ms"]}
+    if ours.get("peak_memory_bytes") and reference.get("peak_memory_bytes") is not None:
+        result["peak_memory"] = reference["peak_memory_bytes"] / ours["peak_memory_bytes"]
+    return result
 
 
 def device_name(device: str | torch.device) -> str:

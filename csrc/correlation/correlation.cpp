@@ -1,6 +1,7 @@
 // Correlation entry points: the C++ safety net of argument checks (Python has
 // already given friendlier messages), then the backend for the device.
 #include "correlation/correlation.h"
+#include "common/route.h"
 
 namespace wsss::correlation {
 namespace {
@@ -33,16 +34,7 @@ void forward(const ForwardArgs& args, uintptr_t stream) {
   check_buffer(args.out, "out", args.in1.dtype, {args.in1.shape[0], g.patch_h, g.patch_w, g.out_h(height), g.out_w(width)},
                args.in1, "in1", true);
   if (args.out.numel() == 0) return;
-  if (args.in1.is_cuda()) {
-#if defined(WSSS_WITH_CUDA)
-    forward_cuda(args, stream);
-#else
-    throw_no_cuda("in1");
-#endif
-    return;
-  }
-  (void)stream;
-  forward_cpu(args);
+  WSSS_ROUTE(args.in1, "in1", stream, forward_cuda(args, stream), forward_cpu(args));
 }
 
 void backward(const BackwardArgs& args, uintptr_t stream) {
@@ -57,16 +49,7 @@ void backward(const BackwardArgs& args, uintptr_t stream) {
       check_buffer(*view, name, args.in1.dtype, {args.in1.shape[0], height, width, args.in1.shape[3]}, args.in1, "in1",
                    true);
   if (args.in1.numel() == 0) return;
-  if (args.in1.is_cuda()) {
-#if defined(WSSS_WITH_CUDA)
-    backward_cuda(args, stream);
-#else
-    throw_no_cuda("in1");
-#endif
-    return;
-  }
-  (void)stream;
-  backward_cpu(args);
+  WSSS_ROUTE(args.in1, "in1", stream, backward_cuda(args, stream), backward_cpu(args));
 }
 
 }  // namespace wsss::correlation

@@ -1,6 +1,7 @@
 // Dense CRF entry points: the C++ safety net of argument checks (Python has
 // already given friendlier messages), then the backend for the device.
 #include "dense_crf/dense_crf.h"
+#include "common/route.h"
 
 #include <cmath>
 #include <limits>
@@ -84,6 +85,7 @@ int64_t build_vertices(Lattice& lattice, const ArrayView& image, double sxy, dou
   WSSS_CHECK(std::isfinite(sxy) && sxy > 0, "sxy must be finite and > 0, got ", sxy);
   WSSS_CHECK(lattice.dims == kGaussianDims || (std::isfinite(srgb) && srgb > 0), "srgb must be finite and > 0, got ",
              srgb);
+  // Returns a value, so routed by hand.
   if (image.is_cuda()) {
 #if defined(WSSS_WITH_CUDA)
     return build_vertices_cuda(lattice, image, sxy, srgb, stream);
@@ -113,16 +115,9 @@ void link(const Lattice& lattice, int64_t vertices, const ArrayView& values_a, c
   check_min_size(lattice.scratch, scratch_bytes(vertices, lattice.entries(), lattice.weights.is_cuda()), "scratch");
   check_values(values_a, "values_a", vertices, lattice.weights);
   check_values(values_b, "values_b", vertices, lattice.weights);
-  if (lattice.weights.is_cuda()) {
-#if defined(WSSS_WITH_CUDA)
-    link_cuda(lattice, vertices, values_a.as<float>(), values_b.as<float>(), stream);
-    return;
-#else
-    throw_no_cuda("weights");
-#endif
-  }
-  (void)stream;
-  link_cpu(lattice, vertices, values_a.as<float>(), values_b.as<float>());
+  float *a = values_a.as<float>(), *b = values_b.as<float>();
+  WSSS_ROUTE(lattice.weights, "weights", stream, link_cuda(lattice, vertices, a, b, stream),
+             link_cpu(lattice, vertices, a, b));
 }
 
 void filter(const Lattice& lattice, int64_t vertices, const ArrayView& q, const ArrayView& out, double coefficient,
@@ -139,18 +134,10 @@ void filter(const Lattice& lattice, int64_t vertices, const ArrayView& q, const 
   check_values(values_b, "values_b", vertices * width, lattice.weights);
   WSSS_CHECK(std::isfinite(coefficient), "coefficient must be finite, got ", coefficient);
   const float c = static_cast<float>(coefficient);
-  if (q.is_cuda()) {
-#if defined(WSSS_WITH_CUDA)
-    filter_cuda(lattice, vertices, q.as<float>(), out.as<float>(), width, c, accumulate, values_a.as<float>(),
-                values_b.as<float>(), stream);
-    return;
-#else
-    throw_no_cuda("q");
-#endif
-  }
-  (void)stream;
-  filter_cpu(lattice, vertices, q.as<float>(), out.as<float>(), width, c, accumulate, values_a.as<float>(),
-             values_b.as<float>());
+  const float* q_data = q.as<float>();
+  float *out_data = out.as<float>(), *a = values_a.as<float>(), *b = values_b.as<float>();
+  WSSS_ROUTE(q, "q", stream, filter_cuda(lattice, vertices, q_data, out_data, width, c, accumulate, a, b, stream),
+             filter_cpu(lattice, vertices, q_data, out_data, width, c, accumulate, a, b));
 }
 
 void softmax(const ArrayView& unary, const ArrayView& pairwise, const ArrayView& q, const ArrayView& q_out,
@@ -177,16 +164,8 @@ void softmax(const ArrayView& unary, const ArrayView& pairwise, const ArrayView&
   }
   const float* pairwise_data = pairwise.data ? pairwise.as<float>() : nullptr;
   float* q_out_data = q_out.data ? q_out.as<float>() : nullptr;
-  if (unary.is_cuda()) {
-#if defined(WSSS_WITH_CUDA)
-    softmax_cuda(unary, pairwise_data, q.as<float>(), width, q_out_data, stream);
-    return;
-#else
-    throw_no_cuda("unary");
-#endif
-  }
-  (void)stream;
-  softmax_cpu(unary, pairwise_data, q.as<float>(), width, q_out_data);
+  WSSS_ROUTE(unary, "unary", stream, softmax_cuda(unary, pairwise_data, q.as<float>(), width, q_out_data, stream),
+             softmax_cpu(unary, pairwise_data, q.as<float>(), width, q_out_data));
 }
 
 }  // namespace wsss::dense_crf

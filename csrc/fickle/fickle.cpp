@@ -1,6 +1,7 @@
 // FickleNet entry points: the C++ safety net of argument checks (Python has
 // already given friendlier messages), then the backend for the device.
 #include "fickle/fickle.h"
+#include "common/route.h"
 
 #include <cmath>
 #include <limits>
@@ -39,16 +40,7 @@ void mask_bits(const BitsArgs& args, uintptr_t stream) {
   WSSS_CHECK(args.first_row >= 0 && args.first_row + args.bits.shape[0] <= std::numeric_limits<uint32_t>::max(),
              "first_row + rows must be in [0, 2**32), got ", args.first_row);
   if (args.bits.numel() == 0) return;
-  if (args.bits.is_cuda()) {
-#if defined(WSSS_WITH_CUDA)
-    mask_bits_cuda(args, stream);
-#else
-    throw_no_cuda("bits");
-#endif
-    return;
-  }
-  (void)stream;
-  mask_bits_cpu(args);
+  WSSS_ROUTE(args.bits, "bits", stream, mask_bits_cuda(args, stream), mask_bits_cpu(args));
 }
 
 void masked_tap(const TapArgs& args, uintptr_t stream) {
@@ -74,16 +66,7 @@ void masked_tap(const TapArgs& args, uintptr_t stream) {
                !args.transpose);
   check_bits(args.bits, x_name, x, row_count);
   if (rows.numel() == 0) return;
-  if (x.is_cuda()) {
-#if defined(WSSS_WITH_CUDA)
-    masked_tap_cuda(args, stream);
-#else
-    throw_no_cuda(x_name);
-#endif
-    return;
-  }
-  (void)stream;
-  masked_tap_cpu(args);
+  WSSS_ROUTE(x, x_name, stream, masked_tap_cuda(args, stream), masked_tap_cpu(args));
 }
 
 void mask_counts(const CountArgs& args, uintptr_t stream) {
@@ -96,16 +79,7 @@ void mask_counts(const CountArgs& args, uintptr_t stream) {
                args.bits, "bits", true);
   check_dtype(counts, {DType::kFloat32, DType::kFloat64}, "counts");
   if (counts.numel() == 0) return;
-  if (counts.is_cuda()) {
-#if defined(WSSS_WITH_CUDA)
-    mask_counts_cuda(args, stream);
-#else
-    throw_no_cuda("counts");
-#endif
-    return;
-  }
-  (void)stream;
-  mask_counts_cpu(args);
+  WSSS_ROUTE(counts, "counts", stream, mask_counts_cuda(args, stream), mask_counts_cpu(args));
 }
 
 }  // namespace wsss::fickle

@@ -1,6 +1,7 @@
 // PAMR entry points: the C++ safety net of argument checks (Python has
 // already given friendlier messages), then the backend for the device.
 #include "pamr/pamr.h"
+#include "common/route.h"
 
 #include <cmath>
 
@@ -37,16 +38,7 @@ void affinity(const AffinityArgs& args, uintptr_t stream) {
                image, "image", true);
   WSSS_CHECK(std::isfinite(args.sigma) && args.sigma > 0, "sigma must be finite and > 0, got ", args.sigma);
   if (image.numel() == 0) return;
-  if (image.is_cuda()) {
-#if defined(WSSS_WITH_CUDA)
-    affinity_cuda(args, stream);
-#else
-    throw_no_cuda("image");
-#endif
-    return;
-  }
-  (void)stream;
-  affinity_cpu(args);
+  WSSS_ROUTE(image, "image", stream, affinity_cuda(args, stream), affinity_cpu(args));
 }
 
 void propagate(const PropagateArgs& args, uintptr_t stream) {
@@ -63,16 +55,7 @@ void propagate(const PropagateArgs& args, uintptr_t stream) {
   check_buffer(args.out, "out", weights.dtype, {batch, channels, height, width}, weights, "weights", true);
   WSSS_CHECK(args.out.data != args.mask.data || args.mask.numel() == 0, "out must not be the mask's memory");
   if (args.mask.numel() == 0) return;
-  if (weights.is_cuda()) {
-#if defined(WSSS_WITH_CUDA)
-    propagate_cuda(args, stream);
-#else
-    throw_no_cuda("weights");
-#endif
-    return;
-  }
-  (void)stream;
-  propagate_cpu(args);
+  WSSS_ROUTE(weights, "weights", stream, propagate_cuda(args, stream), propagate_cpu(args));
 }
 
 }  // namespace wsss::pamr

@@ -1,6 +1,7 @@
 // Propagation entry points: the C++ safety net of argument checks (Python has
 // already given friendlier messages), then the backend for the device.
 #include "propagation/propagation.h"
+#include "common/route.h"
 
 #include <cmath>
 #include <limits>
@@ -45,16 +46,7 @@ void forward(ForwardArgs args, uintptr_t stream) {
   check_buffer(args.out, "out", args.query.dtype, {pb.batch, pb.height, pb.width, pb.labels}, args.query, "query",
                true);
   if (args.out.numel() == 0 && args.lse.numel() == 0) return;
-  if (args.query.is_cuda()) {
-#if defined(WSSS_WITH_CUDA)
-    forward_cuda(args, stream);
-#else
-    throw_no_cuda("query");
-#endif
-    return;
-  }
-  (void)stream;
-  forward_cpu(args);
+  WSSS_ROUTE(args.query, "query", stream, forward_cuda(args, stream), forward_cpu(args));
 }
 
 void backward(BackwardArgs args, uintptr_t stream) {
@@ -69,16 +61,7 @@ void backward(BackwardArgs args, uintptr_t stream) {
   check_buffer(args.grad_values, "grad_values", q.dtype, {pb.batch, pb.refs, pb.height, pb.width, pb.labels}, q,
                "query", true);
   if (pb.batch * pb.pixels() == 0) return;
-  if (q.is_cuda()) {
-#if defined(WSSS_WITH_CUDA)
-    backward_cuda(args, stream);
-#else
-    throw_no_cuda("query");
-#endif
-    return;
-  }
-  (void)stream;
-  backward_cpu(args);
+  WSSS_ROUTE(q, "query", stream, backward_cuda(args, stream), backward_cpu(args));
 }
 
 }  // namespace wsss::propagation

@@ -1,6 +1,7 @@
 // Random walk entry points: the C++ safety net of argument checks (Python has
 // already given friendlier messages), then the backend for the device.
 #include "random_walk/random_walk.h"
+#include "common/route.h"
 
 namespace wsss::random_walk {
 
@@ -18,16 +19,7 @@ void step(const StepArgs& args, uintptr_t stream) {
   check_buffer(args.y, "y", weights.dtype, {batch, channels, height, width}, weights, "weights", true);
   WSSS_CHECK(args.x.data != args.y.data || args.x.numel() == 0, "y must not be x's memory");
   if (args.x.numel() == 0) return;
-  if (weights.is_cuda()) {
-#if defined(WSSS_WITH_CUDA)
-    step_cuda(args, stream);
-#else
-    throw_no_cuda("weights");
-#endif
-    return;
-  }
-  (void)stream;
-  step_cpu(args);
+  WSSS_ROUTE(weights, "weights", stream, step_cuda(args, stream), step_cpu(args));
 }
 
 void weight_grad(const WeightGradArgs& args, uintptr_t stream) {
@@ -46,16 +38,7 @@ void weight_grad(const WeightGradArgs& args, uintptr_t stream) {
   check_buffer(args.grad_y, "grad_y", grad_weights.dtype, {batch, channels, height, width}, grad_weights,
                "grad_weights", false);
   if (grad_weights.numel() == 0) return;
-  if (grad_weights.is_cuda()) {
-#if defined(WSSS_WITH_CUDA)
-    weight_grad_cuda(args, stream);
-#else
-    throw_no_cuda("grad_weights");
-#endif
-    return;
-  }
-  (void)stream;
-  weight_grad_cpu(args);
+  WSSS_ROUTE(grad_weights, "grad_weights", stream, weight_grad_cuda(args, stream), weight_grad_cpu(args));
 }
 
 }  // namespace wsss::random_walk

@@ -19,44 +19,30 @@ inline void valid_columns(int64_t shift, int64_t width, int64_t& lo, int64_t& hi
   hi = std::max(std::min(width - shift, width), lo);
 }
 
-// Row y of every channel of one image: y[c, y, x] = sum_t w[t, y, x] x[c, y + dy, x + dx].
-template <class T>
-WSSS_CPU_VECTORIZED void forward_row(const T* weights, const int32_t* offsets, int64_t taps, const T* x,
-                                     int64_t channels, int64_t height, int64_t width, int64_t row, T* y) {
+// Row `row` of every channel of one image. Forward: y[c, p] = sum_t w[t, p]
+// x[c, p + o_t]. Transpose: y[c, q] = sum_t w[t, q - o_t] x[c, q - o_t], the
+// weight then read at the source pixel. Either way each tap reads one
+// shifted source row.
+template <class T, bool kTranspose>
+WSSS_CPU_VECTORIZED void step_row(const T* weights, const int32_t* offsets, int64_t taps, const T* x,
+                                  int64_t channels, int64_t height, int64_t width, int64_t row, T* y) {
   const int64_t plane = height * width;
   for (int64_t c = 0; c < channels; ++c) std::fill(y + c * plane + row * width, y + c * plane + (row + 1) * width, T(0));
   for (int64_t t = 0; t < taps; ++t) {
-    const int64_t source_row = row + offsets[2 * t], dx = offsets[2 * t + 1];
+    const int64_t dy = kTranspose ? -offsets[2 * t] : offsets[2 * t];
+    const int64_t dx = kTranspose ? -offsets[2 * t + 1] : offsets[2 * t + 1];
+    const int64_t source_row = row + dy;
     if (source_row < 0 || source_row >= height) continue;
     int64_t lo, hi;
     valid_columns(dx, width, lo, hi);
-    const T* w = weights + t * plane + row * width;
+    // Forward: the output pixel's weights (column col); transpose: the source's (col + dx).
+    const T* w = weights + t * plane + (kTranspose ? source_row : row) * width;
+    const int64_t w_shift = kTranspose ? dx : 0;
     for (int64_t c = 0; c < channels; ++c) {
       const T* source = x + c * plane + source_row * width;
       T* out = y + c * plane + row * width;
 #pragma omp simd
-      for (int64_t col = lo; col < hi; ++col) out[col] += w[col] * source[col + dx];
-    }
-  }
-}
-
-// Row q of every channel: y[c, q] = sum_t w[t, q - o_t] x[c, q - o_t].
-template <class T>
-WSSS_CPU_VECTORIZED void transpose_row(const T* weights, const int32_t* offsets, int64_t taps, const T* x,
-                                       int64_t channels, int64_t height, int64_t width, int64_t row, T* y) {
-  const int64_t plane = height * width;
-  for (int64_t c = 0; c < channels; ++c) std::fill(y + c * plane + row * width, y + c * plane + (row + 1) * width, T(0));
-  for (int64_t t = 0; t < taps; ++t) {
-    const int64_t source_row = row - offsets[2 * t], dx = -offsets[2 * t + 1];
-    if (source_row < 0 || source_row >= height) continue;
-    int64_t lo, hi;
-    valid_columns(dx, width, lo, hi);
-    const T* w = weights + t * plane + source_row * width;
-    for (int64_t c = 0; c < channels; ++c) {
-      const T* source = x + c * plane + source_row * width;
-      T* out = y + c * plane + row * width;
-#pragma omp simd
-      for (int64_t col = lo; col < hi; ++col) out[col] += w[col + dx] * source[col + dx];
+      for (int64_t col = lo; col < hi; ++col) out[col] += w[col + w_shift] * source[col + dx];
     }
   }
 }
@@ -94,9 +80,9 @@ void step_typed(const StepArgs& args) {
     const T* xb = x + b * channels * plane;
     T* yb = y + b * channels * plane;
     if (args.transpose)
-      transpose_row(w, offsets, taps, xb, channels, height, width, row, yb);
+      step_row<T, true>(w, offsets, taps, xb, channels, height, width, row, yb);
     else
-      forward_row(w, offsets, taps, xb, channels, height, width, row, yb);
+      step_row<T, false>(w, offsets, taps, xb, channels, height, width, row, yb);
   }
 }
 

@@ -1,6 +1,7 @@
 // Sinkhorn entry points: the C++ safety net of argument checks (Python has
 // already given friendlier messages), then the backend for the device.
 #include "sinkhorn/sinkhorn.h"
+#include "common/route.h"
 
 #include <cmath>
 
@@ -45,15 +46,7 @@ void step(const StepArgs& args, uintptr_t stream) {
   WSSS_CHECK(std::isfinite(args.inv_eps) && args.inv_eps > 0, "inv_eps must be finite and positive, got ",
              args.inv_eps);
   WSSS_CHECK(std::isfinite(args.log_n), "log_n must be finite, got ", args.log_n);
-  if (args.scores.is_cuda()) {
-#if defined(WSSS_WITH_CUDA)
-    step_cuda(args, stream);
-#else
-    WSSS_CHECK(false, "scores is a CUDA array but wsss_ext was built without CUDA");
-#endif
-  } else {
-    step_cpu(args);
-  }
+  WSSS_ROUTE(args.scores, "scores", stream, step_cuda(args, stream), step_cpu(args));
 }
 
 void codes(const CodesArgs& args, uintptr_t stream) {
@@ -63,15 +56,7 @@ void codes(const CodesArgs& args, uintptr_t stream) {
   check_buffer(args.codes, args.scores, {n, k}, "codes", true);
   WSSS_CHECK(std::isfinite(args.inv_eps) && args.inv_eps > 0, "inv_eps must be finite and positive, got ",
              args.inv_eps);
-  if (args.scores.is_cuda()) {
-#if defined(WSSS_WITH_CUDA)
-    codes_cuda(args, stream);
-#else
-    WSSS_CHECK(false, "scores is a CUDA array but wsss_ext was built without CUDA");
-#endif
-  } else {
-    codes_cpu(args);
-  }
+  WSSS_ROUTE(args.scores, "scores", stream, codes_cuda(args, stream), codes_cpu(args));
 }
 
 }  // namespace wsss::sinkhorn
