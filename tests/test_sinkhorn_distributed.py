@@ -9,6 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import wsss_ext
+from wsss_ext.distributed import shutdown
 
 SPLIT = (37, 63)  # unequal shards on purpose
 
@@ -24,17 +25,13 @@ def _free_port() -> int:
 
 
 def _rank_main(rank, world_size, port, out_dir, kwargs):
-    # A TCP store: gloo's file-store rendezvous aborted ~1 run in 10 on CI's machine.
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         shard = _scores().split(SPLIT)[rank]
         codes = wsss_ext.sinkhorn_knopp(shard, process_group=dist.group.WORLD, **kwargs)
         torch.save(codes, f"{out_dir}/rank{rank}.pt")
-        # Both ranks done before either tears gloo down: a rank destroying its
-        # group while the other still talks to it can abort in gloo's threads.
-        dist.barrier()
     finally:
-        dist.destroy_process_group()
+        shutdown()
 
 
 @pytest.mark.parametrize("kwargs", [dict(n_iters=3), dict(epsilon=0.2, tol=1e-10, max_iters=5000)],

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -40,33 +39,24 @@ def _demo(args) -> int:
     return 0
 
 
-def _distributed_context(device: str):
-    """(rank, world_size, device) under torchrun (WORLD_SIZE > 1), else (0, 1, device)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return 0, 1, device, None
-    import torch.distributed as dist
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    backend = "nccl" if device == "cuda" else "gloo"
-    dist.init_process_group(backend)
-    if device == "cuda":
-        device = f"cuda:{local_rank}"
-    return dist.get_rank(), dist.get_world_size(), device, dist
-
-
 def _refine(args) -> int:
+    from wsss_ext.distributed import init_from_env, shutdown
     from wsss_ext.pipeline.files import refine_folder
 
-    rank, world_size, device, dist = _distributed_context(args.device)
-    summary = refine_folder(args.images, args.cams, args.out, chain=args.chain, device=device,
-                            batch_size=args.batch_size, overlays=args.overlays, rank=rank, world_size=world_size,
-                            progress=not args.no_progress)
-    summaries = [summary]
-    if dist is not None:
-        summaries = [None] * world_size
-        dist.all_gather_object(summaries, summary)
-        dist.destroy_process_group()
+    rank, world_size, device = init_from_env(args.device)
+    try:
+        summary = refine_folder(args.images, args.cams, args.out, chain=args.chain, device=device,
+                                batch_size=args.batch_size, overlays=args.overlays, rank=rank,
+                                world_size=world_size, progress=not args.no_progress)
+        summaries = [summary]
+        if world_size > 1:
+            import torch.distributed as dist
+
+            summaries = [None] * world_size
+            dist.all_gather_object(summaries, summary)
+    finally:
+        if world_size > 1:
+            shutdown()
     if rank == 0:
         written = sum(len(s.written) for s in summaries)
         skipped = {name: why for s in summaries for name, why in s.skipped.items()}
