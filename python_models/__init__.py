@@ -1,8 +1,33 @@
-"""Thin definitions of the methods that use wsss_ext's kernels: backbones and
-the CAM model. Layer names follow torchvision's, so its ImageNet state dicts
-load from a local file (nothing is downloaded)."""
+"""Thin PyTorch definitions of the published WSSS and self-supervised methods,
+each on the wsss_ext kernel it needs, usable one piece at a time.
 
-from python_models.cam import CAMNet, grad_cam
-from python_models.resnet import ResNet, resnet50, resnet101, resnet_tiny
+- ``METHODS`` / ``create(key, **overrides)``: the methods, with their published defaults.
+- ``backbones``, ``heads``, ``losses``, ``pseudo``, ``augment``: the shared blocks,
+  each also usable alone.
 
-__all__ = ["CAMNet", "ResNet", "grad_cam", "resnet101", "resnet50", "resnet_tiny"]
+>>> import python_models
+>>> model = python_models.create("cam", backbone="tiny", num_classes=4)
+>>> batch = model.example_batch(batch_size=2, image_size=32)
+>>> sorted(model.losses(batch))
+['classification', 'loss']
+"""
+
+from python_models import augment, backbones, heads, losses, pseudo
+from python_models.backbones import ResNet, resnet50, resnet101, resnet_tiny
+from python_models.methods import METHODS, Method, WSSSMethod, create
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "ResNet",
+    "WSSSMethod",
+    "augment",
+    "backbones",
+    "create",
+    "heads",
+    "losses",
+    "pseudo",
+    "resnet101",
+    "resnet50",
+    "resnet_tiny",
+]

@@ -12,7 +12,7 @@ import torch
 
 import wsss_ext
 from wsss_ext import _C, lowlevel
-from wsss_ext.cli import main as cli_main
+from wsss_app.cli import main as cli_main
 
 
 # --- ArrayView: any array that exposes its memory ---------------------------

@@ -1,6 +1,6 @@
-"""The main job: synthetic data, the CAM model and backbones, metrics, I/O, the
-refinement chains, and the demo / refine / evaluate commands (distributed
-refinement included, with two gloo processes)."""
+"""The main job: synthetic data, metrics, I/O, the refinement chains, and the
+demo / refine / evaluate commands (distributed refinement included, with two
+gloo processes)."""
 
 import json
 import os
@@ -11,13 +11,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from python_models import CAMNet, grad_cam, resnet50, resnet101, resnet_tiny
-from wsss_ext import cli
+from wsss_app import cli
 from wsss_ext.io import VOC_PALETTE, read_label_map, write_label_map
 from wsss_ext.metrics import confusion_matrix, iou_from_confusion, mean_iou
-from wsss_ext.pipeline import CHAINS, make_dataset, refine
-from wsss_ext.pipeline.chains import parse_chain
-from wsss_ext.pipeline.files import evaluate_folders, refine_folder
+from wsss_app.pipeline import CHAINS, make_dataset, refine
+from wsss_app.pipeline.chains import parse_chain
+from wsss_app.pipeline.files import evaluate_folders, refine_folder
 
 # --- the synthetic dataset --------------------------------------------------------------------------
 
@@ -31,46 +30,6 @@ def test_dataset_is_deterministic_and_its_masks_match_its_tags():
         present = set(mask.unique().tolist()) - {0, 255}
         assert present == {c + 1 for c in tags.nonzero().flatten().tolist()}
         assert len(present) >= 1
-
-
-# --- backbones and the CAM model ---------------------------------------------------------------------
-
-
-def test_resnet_matches_torchvision_layout():
-    model = resnet50(num_classes=1000)
-    state = model.state_dict()
-    assert sum(p.numel() for p in model.parameters()) == 25_557_032  # torchvision's resnet50
-    assert len(state) == 320
-    for key in ("conv1.weight", "bn1.running_var", "layer1.0.downsample.0.weight", "layer4.2.bn3.bias", "fc.weight"):
-        assert key in state
-    assert len(resnet101().state_dict()) == 318 + 17 * 18  # 17 more blocks of 3 convs and 3 batch norms
-    assert sum(p.numel() for p in resnet101(num_classes=1000).parameters()) == 44_549_160  # torchvision's
-
-
-def test_resnet_loads_a_torchvision_state_dict_from_a_file(tmp_path):
-    source = resnet50(num_classes=1000)
-    torch.save(source.state_dict(), tmp_path / "resnet50.pth")
-    target = resnet50(output_stride=8)
-    assert target.load_torchvision(tmp_path / "resnet50.pth") == ["fc.weight", "fc.bias"]
-    torch.testing.assert_close(target.layer3[0].conv2.weight, source.layer3[0].conv2.weight)
-
-
-@pytest.mark.parametrize("stride", [8, 16, 32])
-def test_resnet_output_stride(stride):
-    model = resnet_tiny(output_stride=stride).eval()
-    assert model(torch.randn(1, 3, 64, 96)).shape[-2:] == (64 // stride, 96 // stride)
-
-
-def test_cam_model_gap_of_raw_cams_equals_logits_and_grad_cam():
-    model = CAMNet(resnet_tiny(), 4).eval()
-    images = torch.randn(2, 3, 64, 64)
-    torch.testing.assert_close(model(images), model.raw_cams(images).mean((2, 3)))
-    cams = model.cams(images, scales=(1.0, 0.5), flip=True)
-    assert cams.shape == (2, 4, 64, 64) and float(cams.min()) >= 0 and float(cams.max()) <= 1 + 1e-6
-    # Grad-CAM of the GAP classifier at the backbone's output is the ReLU'd CAM over H W.
-    height, width = model.raw_cams(images).shape[-2:]
-    expected = torch.relu(model.raw_cams(images)[:, 1]) / (height * width)
-    torch.testing.assert_close(grad_cam(model, images, 1), expected.detach(), rtol=1e-4, atol=1e-6)
 
 
 # --- metrics and I/O ---------------------------------------------------------------------------------
@@ -198,3 +157,12 @@ def test_demo_end_to_end_at_a_tiny_size(tmp_path):
     cam = report["chains"]["cam"]["miou"]
     assert max(result["miou"] for name, result in report["chains"].items() if name != "cam") > cam
     assert (tmp_path / "figure.png").stat().st_size > 10_000 and "cam+rw+crf" in (tmp_path / "report.md").read_text()
+
+
+def test_methods_command_lists_every_registered_method(capsys):
+    from python_models import METHODS
+
+    assert cli.main(["methods", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["key"] for row in rows] == sorted(METHODS)
+    assert {row["key"]: row["kernels"] for row in rows}["cam"] == ["dense_crf"]

@@ -55,7 +55,7 @@ class ResNet(nn.Module):
             the paper; small values make CPU-sized models).
         num_classes: size of the ``fc`` head (ImageNet's 1000); ``None`` for none.
 
-    ``forward`` returns the last stage's features; ``features(x)`` returns
+    ``forward`` returns the last stage's features; ``stages(x)`` returns
     every stage's (stride 4, 8, 16 or less, and the last).
     """
 
@@ -79,6 +79,7 @@ class ResNet(nn.Module):
         self.layer3 = self._make_layer(width * 4, layers[2], stride=2, dilate=dilate3)
         self.layer4 = self._make_layer(width * 8, layers[3], stride=2, dilate=dilate4)
         self.out_channels = width * 8 * Bottleneck.expansion
+        self.stage_channels = tuple(width * m * Bottleneck.expansion for m in (1, 2, 4, 8))
         self.fc = nn.Linear(self.out_channels, num_classes) if num_classes else None
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -103,7 +104,7 @@ class ResNet(nn.Module):
         modules += [Bottleneck(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)]
         return nn.Sequential(*modules)
 
-    def features(self, x: Tensor) -> list[Tensor]:
+    def stages(self, x: Tensor) -> list[Tensor]:
         """The outputs of layer1 .. layer4."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         outputs = []
@@ -113,7 +114,7 @@ class ResNet(nn.Module):
         return outputs
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.features(x)[-1]
+        return self.stages(x)[-1]
 
     def load_torchvision(self, path: str | Path) -> list[str]:
         """Load a torchvision ResNet state dict from a local file; returns the

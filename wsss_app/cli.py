@@ -4,6 +4,7 @@
                            refines its CAMs with every chain, reports mIoU, timings and a figure
     wsss-ext refine        refine your CAMs (.npy) into palette PNG masks; torchrun shards the files
     wsss-ext evaluate      confusion matrix, per-class IoU and mIoU of PNG masks against ground truth
+    wsss-ext methods       the registered methods: key, paper, the wsss_ext kernels each runs
     wsss-ext info          what this installation was built with
 """
 
@@ -30,8 +31,22 @@ def _print_info(as_json: bool) -> int:
     return 0
 
 
+def _print_methods(as_json: bool) -> int:
+    from python_models import METHODS
+
+    rows = [{"key": key, "class": cls.__name__, "paper": cls.PAPER, "kernels": list(cls.KERNELS)}
+            for key, cls in sorted(METHODS.items())]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(row["key"]) for row in rows)
+    for row in rows:
+        print(f"{row['key']:<{width}}  {', '.join(row['kernels']) or '-':<32}  {row['paper']}")
+    return 0
+
+
 def _demo(args) -> int:
-    from wsss_ext.pipeline.demo import print_summary, run_demo
+    from wsss_app.pipeline.demo import print_summary, run_demo
 
     report = run_demo(args.out, device=args.device, preset=args.preset, progress=not args.no_progress)
     print_summary(report)
@@ -41,7 +56,7 @@ def _demo(args) -> int:
 
 def _refine(args) -> int:
     from wsss_ext.distributed import init_from_env, shutdown
-    from wsss_ext.pipeline.files import refine_folder
+    from wsss_app.pipeline.files import refine_folder
 
     rank, world_size, device = init_from_env(args.device)
     try:
@@ -67,7 +82,7 @@ def _refine(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from wsss_ext.pipeline.files import evaluate_folders
+    from wsss_app.pipeline.files import evaluate_folders
 
     result = evaluate_folders(args.pred, args.gt, args.n_classes, args.ignore_index)
     if args.json:
@@ -118,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--n-classes", type=int, default=None, help="default: the largest label seen + 1")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    methods = commands.add_parser("methods", help="the registered methods, their papers and kernels")
+    methods.add_argument("--json", action="store_true", help="print as JSON")
     info = commands.add_parser("info", help="version, CUDA build, architectures, OpenMP threads, visible GPUs")
     info.add_argument("--json", action="store_true", help="print as JSON")
 
@@ -131,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             return _refine(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "methods":
+            return _print_methods(args.json)
     except (ValueError, FileNotFoundError, NotADirectoryError) as error:
         print(f"wsss-ext {args.command}: {error}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from wsss_ext.io import IMAGE_SUFFIXES, read_image, read_label_map, write_label_map, write_overlay
 from wsss_ext.metrics import confusion_matrix, iou_from_confusion, mean_iou
-from wsss_ext.pipeline.chains import ChainSettings, parse_chain, refine
+from wsss_app.pipeline.chains import ChainSettings, parse_chain, refine
 
 __all__ = ["RefineSummary", "evaluate_folders", "pair_files", "refine_folder"]
 

@@ -1,10 +1,11 @@
 """``wsss-ext demo``: the pseudo-label stage end to end on synthetic data.
 
-1. Generate a train and a validation split (:mod:`wsss_ext.pipeline.synthetic`).
-2. Train a small CAM classifier (``python_models.CAMNet`` on a ResNet with
-   one bottleneck per stage) on the image-level tags only.
+1. Generate a train and a validation split (:mod:`wsss_app.pipeline.synthetic`).
+2. Train a small CAM classifier (``python_models.create("cam")`` on a ResNet
+   with one bottleneck per stage) on the image-level tags only, through the
+   method contract (``losses`` / ``after_step`` / ``cams``).
 3. Extract multi-scale, flipped CAMs of the validation images' tagged classes.
-4. Refine them with every chain (:mod:`wsss_ext.pipeline.chains`).
+4. Refine them with every chain (:mod:`wsss_app.pipeline.chains`).
 5. Score each chain's pseudo-masks against the pixel ground truth (mIoU over
    background + 4 classes), time every stage, and write ``report.json``,
    ``report.md`` and ``figure.png`` (images, CAMs, refined masks, ground truth).
@@ -18,11 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from python_models import create, resnet_tiny
+from wsss_app.pipeline.chains import CHAINS, ChainSettings, refine
+from wsss_app.pipeline.synthetic import CLASS_NAMES, IGNORE_INDEX, make_dataset
 from wsss_ext.metrics import confusion_matrix, iou_from_confusion, mean_iou
-from wsss_ext.pipeline.chains import CHAINS, ChainSettings, refine
-from wsss_ext.pipeline.synthetic import CLASS_NAMES, IGNORE_INDEX, make_dataset
 
 __all__ = ["DemoConfig", "PRESETS", "run_demo"]
 
@@ -47,12 +48,9 @@ PRESETS = {
     "tiny": DemoConfig(n_train=48, n_val=8, image_size=64, epochs=2, batch_size=16, cam_scales=(1.0,), figure_rows=2),
 }
 
-_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-def _normalise(images: torch.Tensor) -> torch.Tensor:
-    return (images.float() / 255 - _MEAN.to(images.device)) / _STD.to(images.device)
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images to the methods' input: float RGB in [0, 1]."""
+    return images.float() / 255
 
 
 def _bar(iterable, enabled: bool, **kwargs):
@@ -69,21 +67,23 @@ def _train(model, data, config: DemoConfig, device: torch.device, progress: bool
     steps = config.epochs * -(-len(data) // config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate, total_steps=steps)
     generator = torch.Generator().manual_seed(config.seed)
-    losses = []
+    losses, step = [], 0
     model.train()
     for _ in _bar(range(config.epochs), progress, desc="training CAM classifier", unit="epoch"):
         order = torch.randperm(len(data), generator=generator)
         epoch_loss = 0.0
         for start in range(0, len(data), config.batch_size):
             index = order[start : start + config.batch_size]
-            images = _normalise(data.images[index].to(device))
+            images = _unit(data.images[index].to(device))
             flip = torch.rand(len(index), generator=generator) < 0.5
             images[flip.to(device)] = images[flip.to(device)].flip(-1)
-            loss = F.multilabel_soft_margin_loss(model(images), data.tags[index].to(device))
+            loss = model.losses({"images": images, "labels": data.tags[index].to(device)}, step)["loss"]
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             schedule.step()
+            model.after_step(step, steps)
+            step += 1
             epoch_loss += float(loss.detach()) * len(index)
         losses.append(epoch_loss / len(data))
     model.eval()
@@ -123,8 +123,6 @@ def _figure(path: Path, images, masks, cams, labels: dict, rows: int) -> None:
 def run_demo(out_dir: str | Path, device: str = "cpu", preset: str = "default", progress: bool = True,
              settings: ChainSettings | None = None) -> dict:
     """Run the demo (see the module docstring) and return its report."""
-    from python_models import CAMNet, resnet_tiny
-
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     config, settings = PRESETS[preset], settings or ChainSettings()
@@ -140,7 +138,8 @@ def run_demo(out_dir: str | Path, device: str = "cpu", preset: str = "default", 
     timings["dataset"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    model = CAMNet(resnet_tiny(output_stride=8, width=config.width), len(CLASS_NAMES) - 1).to(device)
+    model = create("cam", backbone=resnet_tiny(output_stride=8, width=config.width),
+                   num_classes=len(CLASS_NAMES) - 1).to(device)
     losses = _train(model, train, config, device, progress)
     timings["training"] = time.perf_counter() - start
 
@@ -148,10 +147,11 @@ def run_demo(out_dir: str | Path, device: str = "cpu", preset: str = "default", 
     cams = []
     with torch.no_grad():
         for first in range(0, len(val), config.batch_size):
-            images = _normalise(val.images[first : first + config.batch_size].to(device))
-            cams.append(model.cams(images, config.cam_scales, flip=True))
-        logits = torch.cat([model(_normalise(val.images[i : i + 64].to(device))) for i in range(0, len(val), 64)])
-    cams = torch.cat(cams) * val.tags.to(device)[:, :, None, None]  # the tagged classes only, as WSSS does
+            images = _unit(val.images[first : first + config.batch_size].to(device))
+            tags = val.tags[first : first + config.batch_size].to(device)
+            cams.append(model.cams(images, tags, config.cam_scales, flip=True))  # tagged classes only, as WSSS does
+        logits = torch.cat([model(_unit(val.images[i : i + 64].to(device))) for i in range(0, len(val), 64)])
+    cams = torch.cat(cams)
     timings["cams"] = time.perf_counter() - start
     tag_accuracy = float(((logits > 0).float().cpu() == val.tags).float().mean())
 

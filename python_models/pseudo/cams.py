@@ -1,0 +1,74 @@
+"""From raw class activation maps to normalised CAMs and label maps, as the
+WSSS repositories compute them (irn ``step/make_cam.py``): ReLU, sum over
+scales and flips, each class divided by its max, classes outside the image's
+tags zeroed, a background score, argmax."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from python_models._checks import check_real
+
+__all__ = ["cams_to_labels", "multiscale_cams", "normalize_cams"]
+
+
+def normalize_cams(cams: Tensor, labels: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """``relu(cams) / (max + eps)`` per image and class, times the tags.
+
+    Args:
+        cams: B x C x H x W raw maps. labels: B x C multi-hot tags or None.
+
+    Returns:
+        B x C x H x W in [0, 1]; zero for classes not in ``labels``.
+    """
+    cams = F.relu(cams)
+    cams = cams / (cams.flatten(2).amax(2)[..., None, None] + eps)
+    return cams if labels is None else cams * labels.to(cams.dtype)[..., None, None]
+
+
+def multiscale_cams(raw_cams: Callable[[Tensor], Tensor], images: Tensor, scales: Sequence[float] = (1.0,),
+                    flip: bool = True, size: tuple[int, int] | None = None) -> Tensor:
+    """The sum over scales (and horizontal flips) of ``relu(raw_cams(x))``, each
+    resized bilinearly to ``size`` (default: the images').
+
+    Args:
+        raw_cams: maps B x 3 x h x w images to B x C x h' x w' raw CAMs.
+        images: B x 3 x H x W, as ``raw_cams`` takes them.
+        scales: image scales (IRNet and RecurSeed: 1, 0.5, 1.5, 2).
+        flip: add each scale's flipped image, flipped back.
+
+    Returns:
+        B x C x size, non-negative, not normalised (see :func:`normalize_cams`).
+    """
+    if not scales:
+        raise ValueError("scales must name at least one scale")
+    size = tuple(size or images.shape[-2:])
+    total = None
+    for scale in scales:
+        scale = check_real(scale, "scales", positive=True)
+        scaled = images if scale == 1 else F.interpolate(images, scale_factor=scale, mode="bilinear",
+                                                         align_corners=False, recompute_scale_factor=False)
+        batch = torch.cat([scaled, scaled.flip(-1)]) if flip else scaled
+        maps = F.relu(raw_cams(batch))
+        if flip:
+            maps = maps[: len(images)] + maps[len(images):].flip(-1)
+        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+        total = maps if total is None else total + maps
+    return total
+
+
+def cams_to_labels(cams: Tensor, labels: Tensor, bg_threshold: float) -> Tensor:
+    """Argmax of [constant background score, tagged CAMs]: B x H x W int64,
+    0 the background, c + 1 for tag column c.
+
+    Args:
+        cams: B x C x H x W normalised CAMs. labels: B x C tags.
+        bg_threshold: the background's score (IRNet's CAM step: 0.25 to 0.3).
+    """
+    scores = cams * labels.to(cams.dtype)[..., None, None]
+    background = torch.full_like(scores[:, :1], check_real(bg_threshold, "bg_threshold"))
+    return torch.cat([background, scores], 1).argmax(1)
