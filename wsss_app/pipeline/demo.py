@@ -23,6 +23,7 @@ import torch
 from python_models import create, resnet_tiny
 from wsss_app.pipeline.chains import CHAINS, ChainSettings, refine
 from wsss_app.pipeline.synthetic import CLASS_NAMES, IGNORE_INDEX, make_dataset
+from wsss_app.pipeline.training import bar, fit, to_unit
 from wsss_ext.metrics import confusion_matrix, iou_from_confusion, mean_iou
 
 __all__ = ["DemoConfig", "PRESETS", "run_demo"]
@@ -47,47 +48,6 @@ PRESETS = {
     # A seconds-long run for the test suite; its numbers mean nothing.
     "tiny": DemoConfig(n_train=48, n_val=8, image_size=64, epochs=2, batch_size=16, cam_scales=(1.0,), figure_rows=2),
 }
-
-def _unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images to the methods' input: float RGB in [0, 1]."""
-    return images.float() / 255
-
-
-def _bar(iterable, enabled: bool, **kwargs):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, **kwargs)
-
-
-def _train(model, data, config: DemoConfig, device: torch.device, progress: bool) -> list[float]:
-    """Multi-label soft-margin training on the tags, random horizontal flips."""
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
-    steps = config.epochs * -(-len(data) // config.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate, total_steps=steps)
-    generator = torch.Generator().manual_seed(config.seed)
-    losses, step = [], 0
-    model.train()
-    for _ in _bar(range(config.epochs), progress, desc="training CAM classifier", unit="epoch"):
-        order = torch.randperm(len(data), generator=generator)
-        epoch_loss = 0.0
-        for start in range(0, len(data), config.batch_size):
-            index = order[start : start + config.batch_size]
-            images = _unit(data.images[index].to(device))
-            flip = torch.rand(len(index), generator=generator) < 0.5
-            images[flip.to(device)] = images[flip.to(device)].flip(-1)
-            loss = model.losses({"images": images, "labels": data.tags[index].to(device)}, step)["loss"]
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            model.after_step(step, steps)
-            step += 1
-            epoch_loss += float(loss.detach()) * len(index)
-        losses.append(epoch_loss / len(data))
-    model.eval()
-    return losses
 
 
 def _figure(path: Path, images, masks, cams, labels: dict, rows: int) -> None:
@@ -140,24 +100,26 @@ def run_demo(out_dir: str | Path, device: str = "cpu", preset: str = "default", 
     start = time.perf_counter()
     model = create("cam", backbone=resnet_tiny(output_stride=8, width=config.width),
                    num_classes=len(CLASS_NAMES) - 1).to(device)
-    losses = _train(model, train, config, device, progress)
+    losses = fit(model, train.images, train.tags, epochs=config.epochs, batch_size=config.batch_size,
+                 learning_rate=config.learning_rate, seed=config.seed, device=device, progress=progress,
+                 desc="training CAM classifier")
     timings["training"] = time.perf_counter() - start
 
     start = time.perf_counter()
     cams = []
     with torch.no_grad():
         for first in range(0, len(val), config.batch_size):
-            images = _unit(val.images[first : first + config.batch_size].to(device))
+            images = to_unit(val.images[first : first + config.batch_size].to(device))
             tags = val.tags[first : first + config.batch_size].to(device)
             cams.append(model.cams(images, tags, config.cam_scales, flip=True))  # tagged classes only, as WSSS does
-        logits = torch.cat([model(_unit(val.images[i : i + 64].to(device))) for i in range(0, len(val), 64)])
+        logits = torch.cat([model(to_unit(val.images[i : i + 64].to(device))) for i in range(0, len(val), 64)])
     cams = torch.cat(cams)
     timings["cams"] = time.perf_counter() - start
     tag_accuracy = float(((logits > 0).float().cpu() == val.tags).float().mean())
 
     n_classes = len(CLASS_NAMES)
     results, labels = {}, {}
-    for chain in _bar(CHAINS, progress, desc="refining", unit="chain"):
+    for chain in bar(CHAINS, progress, desc="refining", unit="chain"):
         start = time.perf_counter()
         predicted = torch.cat([
             refine(val.images[i : i + config.batch_size].to(device), cams[i : i + config.batch_size], chain, settings)
