@@ -14,15 +14,20 @@ from collections.abc import Callable
 from torch import nn
 
 from python_models.backbones.resnet import Bottleneck, ResNet, resnet50, resnet101, resnet_tiny
+from python_models.backbones.resnet38d import ResNet38d, convert_mxnet_names, resnet38d, resnet38d_tiny
 from python_models.backbones.vgg import VGGLargeFOV, vgg16_largefov, vgg_tiny
 
 __all__ = [
     "BACKBONES",
     "Bottleneck",
     "ResNet",
+    "ResNet38d",
     "VGGLargeFOV",
     "build_backbone",
+    "convert_mxnet_names",
     "resnet101",
+    "resnet38d",
+    "resnet38d_tiny",
     "resnet50",
     "resnet_tiny",
     "vgg16_largefov",
@@ -34,6 +39,8 @@ BACKBONES: dict[str, tuple[Callable[..., nn.Module], bool]] = {
     "resnet50": (resnet50, True),
     "resnet101": (resnet101, True),
     "resnet_tiny": (resnet_tiny, True),
+    "resnet38d": (resnet38d, True),  # output stride 8 only
+    "resnet38d_tiny": (resnet38d_tiny, True),
     "vgg16_largefov": (vgg16_largefov, False),
     "vgg_tiny": (vgg_tiny, False),
 }

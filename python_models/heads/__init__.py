@@ -1,7 +1,38 @@
 """Heads shared by the methods: small modules on top of a backbone's features."""
 
+from python_models.heads.affinity import AFFINITY_HEAD_CHANNELS, AffinityHead
 from python_models.heads.cam import CAMHead
-from python_models.heads.fickle import FickleHead, derive_seed
+from python_models.heads.deeplab import ASPP, DeepLabV3PlusDecoder
+from python_models.heads.fickle import derive_seed, FickleHead
+from python_models.heads.gate import gate_mask, stochastic_gate, StochasticGate
+from python_models.heads.irnet import (
+    DisplacementBranch,
+    EdgeBranch,
+    resnet_stage_features,
+    resnet_stage_strides,
+)
 from python_models.heads.pcm import PCM, pcm_affinity, pcm_input, pcm_refine
+from python_models.heads.ssss import GCI, SSSSDecoder
 
-__all__ = ["CAMHead", "FickleHead", "PCM", "derive_seed", "pcm_affinity", "pcm_input", "pcm_refine"]
+__all__ = [
+    "AFFINITY_HEAD_CHANNELS",
+    "AffinityHead",
+    "ASPP",
+    "CAMHead",
+    "DeepLabV3PlusDecoder",
+    "derive_seed",
+    "DisplacementBranch",
+    "EdgeBranch",
+    "FickleHead",
+    "gate_mask",
+    "GCI",
+    "PCM",
+    "pcm_affinity",
+    "pcm_input",
+    "pcm_refine",
+    "resnet_stage_features",
+    "resnet_stage_strides",
+    "SSSSDecoder",
+    "stochastic_gate",
+    "StochasticGate",
+]

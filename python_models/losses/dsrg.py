@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
 from torch import Tensor
 
-from python_models._checks import check_images, check_label_map, check_probs, check_real
-from python_models.losses.sec import MIN_PROB, SEC_CRF, _crf, _log
+from python_models._checks import check_label_map, check_probs, check_real
+from python_models.losses.sec import MIN_PROB, SEC_CRF, _crf_target, _log
 
 __all__ = ["DSRG_CRF", "DSRG_RATIO_CLIP", "balanced_seed_loss", "dsrg_crf_target"]
 
@@ -81,10 +80,6 @@ def dsrg_crf_target(probs: Tensor, images: Tensor, labels: Tensor | None = None,
     Returns:
         Q: B x (1 + C) x h x w, detached, in ``probs``' dtype.
     """
-    probs = check_probs(probs, "probs")
-    images = images if isinstance(images, Tensor) and images.dtype == torch.uint8 else check_images(images)
-    if images.shape[0] != probs.shape[0]:
-        raise ValueError(f"images hold {images.shape[0]} images but probs {probs.shape[0]}")
-    min_prob = check_real(min_prob, "min_prob")
-    unary = -probs.detach().float().clamp_min(min_prob)
-    return _crf(unary, images, labels, mask_absent, min_prob, {**DSRG_CRF, **crf}).to(probs.dtype)
+    floor = check_real(min_prob, "min_prob")
+    return _crf_target(probs, images, labels, mask_absent, floor, {**DSRG_CRF, **crf},
+                       lambda p: -p.clamp_min(floor))

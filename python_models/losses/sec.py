@@ -12,7 +12,7 @@ renormalised). Tags are ``B x C`` multi-hot; seeds (SEC's localisation cues)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -139,9 +139,16 @@ def map_image(images: Tensor, size: tuple[int, int]) -> Tensor:
     return to_uint8(images)
 
 
-def _crf(unary: Tensor, images: Tensor, labels: Tensor | None, mask_absent: bool, min_prob: float,
-         crf: Mapping[str, float]) -> Tensor:
-    """Mean-field on the energies, absent classes optionally barred, output floored and renormalised."""
+def _crf_target(probs: Tensor, images: Tensor, labels: Tensor | None, mask_absent: bool, min_prob: float,
+                crf: Mapping[str, float], energy: Callable[[Tensor], Tensor]) -> Tensor:
+    """Mean-field on ``energy(probs)`` (SEC: -log p, DSRG: -p), absent classes
+    optionally barred, the output floored and renormalised, in ``probs``' dtype."""
+    probs = check_probs(probs, "probs")
+    images = images if isinstance(images, Tensor) and images.dtype == torch.uint8 else check_images(images)
+    if images.shape[0] != probs.shape[0]:
+        raise ValueError(f"images hold {images.shape[0]} images but probs {probs.shape[0]}")
+    min_prob = check_real(min_prob, "min_prob")
+    unary = energy(probs.detach().float())
     if mask_absent:
         if labels is None:
             raise ValueError("labels are needed when mask_absent=True")
@@ -151,7 +158,7 @@ def _crf(unary: Tensor, images: Tensor, labels: Tensor | None, mask_absent: bool
     settings = {**SEC_CRF, **crf}
     q = wsss_ext.dense_crf(unary, map_image(images, unary.shape[-2:]), **settings)
     q = q.clamp_min(min_prob)
-    return q / q.sum(1, keepdim=True)
+    return (q / q.sum(1, keepdim=True)).to(probs.dtype)
 
 
 def crf_target(probs: Tensor, images: Tensor, labels: Tensor | None = None, *, mask_absent: bool = False,
@@ -177,13 +184,7 @@ def crf_target(probs: Tensor, images: Tensor, labels: Tensor | None = None, *, m
     Returns:
         Q: B x (1 + C) x h x w, detached, in ``probs``' dtype.
     """
-    probs = check_probs(probs, "probs")
-    images = images if isinstance(images, Tensor) and images.dtype == torch.uint8 else check_images(images)
-    if images.shape[0] != probs.shape[0]:
-        raise ValueError(f"images hold {images.shape[0]} images but probs {probs.shape[0]}")
-    min_prob = check_real(min_prob, "min_prob")
-    unary = -_log(probs.detach().float())
-    return _crf(unary, images, labels, mask_absent, min_prob, crf).to(probs.dtype)
+    return _crf_target(probs, images, labels, mask_absent, min_prob, crf, lambda p: -_log(p))
 
 
 def constrain_loss(probs: Tensor, target: Tensor, min_prob: float = MIN_PROB,

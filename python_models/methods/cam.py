@@ -9,14 +9,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from python_models.heads import CAMHead
 from python_models.methods.base import WSSSMethod
 from python_models.methods.registry import register
 from python_models.pseudo.confident import IRNET_CRF
 
-__all__ = ["CAM"]
+__all__ = ["CAM", "build_cam_network"]
 
 
 @register
@@ -67,3 +67,25 @@ class CAM(WSSSMethod):
         images, labels = self.check_inputs(batch["images"], batch["labels"])
         classification = F.multilabel_soft_margin_loss(self(images), labels)
         return {"classification": classification, "loss": classification}
+
+
+def build_cam_network(spec: Any, num_classes: int, backbone: Any, **overrides: Any) -> nn.Module | None:
+    """The first-stage CAM network of a two-stage method (PSA, IRNet): ``"cam"``
+    builds a :class:`CAM` with the method's backbone name and ``overrides``
+    (load its trained weights afterwards); a module with ``cams(images,
+    labels)`` is used as given; None means the CAMs are always passed in.
+
+    Raises:
+        ValueError: ``"cam"`` with a backbone given as a module (its weights
+            would be shared with the second stage).
+        TypeError: anything else.
+    """
+    if isinstance(spec, str) and spec == "cam":
+        if not isinstance(backbone, str):
+            raise ValueError("cam_network='cam' builds a CAM network from the backbone's name; with a backbone "
+                             "module pass cam_network=<a CAM method> or None")
+        return CAM(num_classes=num_classes, backbone=backbone, **overrides)
+    if spec is not None and not callable(getattr(spec, "cams", None)):
+        raise TypeError(f"cam_network must be 'cam', None or a module with cams(images, labels), "
+                        f"got {type(spec).__name__}")
+    return spec

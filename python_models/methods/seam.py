@@ -55,18 +55,22 @@ class SEAM(WSSSMethod):
         (``--out_cam_pred_alpha``), ``crf_alphas`` (4, 24), ``crf``
         :data:`python_models.pseudo.PSA_CRF` (``infer_SEAM.py``, ``tool/imutils.py``).
 
+    Backbone: the paper's wide ResNet-38 at output stride 8
+    (:class:`python_models.backbones.ResNet38d`, ``"resnet38d"``;
+    ``backbone="tiny"``: ``resnet38d_tiny``). The PCM reads the last three
+    stages, ``stages(x)[-3:]``: ResNet-38's ``conv4`` / ``conv5`` (the
+    pre-activated inputs of b5 and b6, 512 and 1024 channels at stride 8) and
+    ``conv6`` (4096 channels) for the classifier, as ``network/resnet38_SEAM.py``
+    does. A ResNet passed as a module (e.g. ``resnet50(output_stride=8)``) gives
+    ``layer2`` / ``layer3`` (512 / 1024 channels in ResNet-50) and ``layer4``.
+    Published weights: ``model.backbone.load_pretrained(path)`` with PSA's
+    converted ``ilsvrc-cls_rna-a1_cls1000_ep-0001.params``.
+
     Deviations:
-        - Backbone: the paper's wide ResNet-38 (output stride 8) is not in
-          ``python_models.backbones`` yet; the default is ResNet-50 at output
-          stride 8 (``backbone="tiny"``: ``resnet_tiny``). The PCM reads
-          ResNet-38's ``conv4`` / ``conv5``, the inputs of blocks b5 and b6
-          (512 and 1024 channels at stride 8, the two stage groups before the
-          last); their counterparts are ResNet ``layer2`` and ``layer3``
-          (``stages(x)[1:3]``, also 512 / 1024 channels in ResNet-50, stride 8),
-          the last stage (``layer4``) feeding the classifier as ``conv6`` does.
-        - SEAM keeps its pretrained ResNet-38's BatchNorm frozen and its first
-          blocks fixed; here BatchNorm follows the module's train/eval mode
-          (the backbones start untrained); freeze it after loading weights.
+        - SEAM keeps its pretrained ResNet-38's BatchNorm frozen and ``conv1a``,
+          ``b2``, ``b2_1``, ``b2_2`` fixed; here BatchNorm follows the module's
+          train/eval mode (the backbone starts untrained): after loading
+          weights call ``model.backbone.freeze(("conv1a", "b2", "b2_1", "b2_2"))``.
         - Inference resizes with bilinear interpolation (SEAM: PIL bicubic).
 
     Kernels: ``dense_crf`` in ``pseudo_labels``; the PCM is a dense matmul.
@@ -77,7 +81,7 @@ class SEAM(WSSSMethod):
              "Semantic Segmentation, CVPR 2020")
     DEFAULTS = dict(
         num_classes=20,
-        backbone="resnet50",
+        backbone="resnet38d",
         output_stride=8,
         dropout=0.5,
         scale_factor=0.3,
@@ -95,7 +99,7 @@ class SEAM(WSSSMethod):
         crf=PSA_CRF,
     )
     KERNELS = ("dense_crf",)
-    TINY_BACKBONE = "resnet_tiny"
+    TINY_BACKBONE = "resnet38d_tiny"
 
     def __init__(self, **overrides: Any) -> None:
         super().__init__(**overrides)
@@ -111,7 +115,9 @@ class SEAM(WSSSMethod):
 
     def _maps(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """SEAM's ``Net.forward`` on normalised images: raw CAMs B x C and PCM
-        scores B x (1 + C), both upsampled to the images' size (``align_corners=True``)."""
+        scores B x (1 + C), both upsampled to the images' size (``align_corners=True``).
+        The last three stages are ResNet-38's conv4, conv5, conv6 (a ResNet's
+        layer2, layer3, layer4)."""
         *_, conv4, conv5, conv6 = self.backbone.stages(images)
         cams = self.head(self.dropout(conv6))
         refined = self.pcm(cams, images, conv4, conv5)

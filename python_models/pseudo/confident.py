@@ -20,7 +20,16 @@ from python_models._checks import check_probs, check_real, check_tags
 from python_models.pseudo.cams import cams_to_labels
 from python_models.pseudo.crf import crf_labels, tag_unary_from_labels, tag_unary_from_probs, to_uint8
 
-__all__ = ["IRNET_CRF", "PSA_CRF", "alpha_crf_labels", "alpha_crf_unary", "confident_labels", "psa_confident_labels"]
+__all__ = [
+    "IRNET_CRF",
+    "PSA_CRF",
+    "affinity_labels",
+    "alpha_crf_labels",
+    "alpha_crf_unary",
+    "confident_labels",
+    "ir_labels",
+    "psa_confident_labels",
+]
 
 # irn misc/imutils.py crf_inference_label: gaussian sxy 3 compat 3, bilateral sxy 50 srgb 5 compat 10, 10 iterations.
 IRNET_CRF = dict(n_iters=10, gaussian_sxy=3.0, gaussian_weight=3.0, bilateral_sxy=50.0, bilateral_srgb=5.0,
@@ -131,3 +140,39 @@ def psa_confident_labels(low: Tensor, high: Tensor, ignore_index: int = 255) -> 
         raise TypeError(f"low and high must be integer label maps, got {low.dtype} and {high.dtype}")
     result = torch.where(low == 0, torch.full_like(low, ignore_index), low)
     return torch.where(high == 0, torch.zeros_like(result), result)
+
+
+def ir_labels(cams: Tensor, images: Tensor, labels: Tensor, fg: float = 0.30, bg: float = 0.05,
+              crf: Mapping | None = None, ignore_index: int = 255) -> Tensor:
+    """IRNet's IR labels (``step/cam_to_ir_label.py``): :func:`confident_labels`
+    at ``conf_fg_thres`` 0.30 and ``conf_bg_thres`` 0.05 with IRNet's CRF.
+
+    Args:
+        cams: B x C x H x W normalised CAMs at the images' size.
+        images: B x 3 x H x W float RGB in [0, 1] (or uint8). labels: B x C tags.
+
+    Returns:
+        B x H x W int64: 0 background, c + 1 for tag column c, ``ignore_index`` between.
+    """
+    return confident_labels(images, cams, labels, fg, bg, crf, ignore_index)
+
+
+def affinity_labels(cams: Tensor, images: Tensor, labels: Tensor, alphas: Sequence[float] = (4.0, 24.0),
+                    crf: Mapping | None = None, ignore_index: int = 255) -> Tensor:
+    """PSA's affinity labels (``infer_cls.py`` then ``VOC12AffDataset``): the
+    dense CRFs of the CAMs with background ``(1 - max)^alpha`` at the low and
+    high alpha, combined by :func:`psa_confident_labels`.
+
+    Args:
+        cams: B x C x H x W normalised CAMs at the images' size, zero outside the tags.
+        images: B x 3 x H x W float RGB in [0, 1] (or uint8). labels: B x C tags.
+        alphas: (low, high): PSA's 4 and 24 (32 in some of its scripts).
+        crf: ``dense_crf`` settings (default :data:`PSA_CRF`).
+
+    Returns:
+        B x H x W int64: 0 background, c + 1, ``ignore_index`` where the two CRFs disagree.
+    """
+    if len(alphas) != 2:
+        raise ValueError(f"alphas must be (low, high), got {tuple(alphas)}")
+    low, high = alpha_crf_labels(images, cams, labels, alphas, crf)
+    return psa_confident_labels(low, high, ignore_index)

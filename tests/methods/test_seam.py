@@ -16,6 +16,7 @@ import wsss_ext
 from method_support import traced_ops
 from python_models import create
 from python_models.augment import rescale
+from python_models.backbones import ResNet38d, resnet_tiny
 from python_models.heads.pcm import PCM, pcm_affinity, pcm_input, pcm_refine
 from python_models.losses.seam import (
     equivariant_cross_regularization,
@@ -44,7 +45,7 @@ def test_defaults_are_the_published_values():
     # tool/imutils.py crf_inference (3/3, 80/13/10, 10 iterations).
     assert SEAM.DEFAULTS == dict(
         num_classes=20,
-        backbone="resnet50",
+        backbone="resnet38d",
         output_stride=8,
         dropout=0.5,
         scale_factor=0.3,
@@ -62,17 +63,48 @@ def test_defaults_are_the_published_values():
         crf=dict(n_iters=10, gaussian_sxy=3.0, gaussian_weight=3.0, bilateral_sxy=80.0, bilateral_srgb=13.0,
                  bilateral_weight=10.0),
     )
-    assert SEAM.KERNELS == ("dense_crf",) and SEAM.TINY_BACKBONE == "resnet_tiny"
+    assert SEAM.KERNELS == ("dense_crf",) and SEAM.TINY_BACKBONE == "resnet38d_tiny"
 
 
-def test_default_backbone_feeds_the_pcm_512_and_1024_channels_as_resnet38():
-    model = create("seam")
-    assert model.backbone.output_stride == 8
+def test_default_backbone_is_resnet38_with_the_pcm_on_conv4_conv5():
+    with torch.device("meta"):  # shapes only: ResNet-38 has 105 M parameters
+        model = create("seam")
+    assert isinstance(model.backbone, ResNet38d) and model.backbone.output_stride == 8
+    # network/resnet38_SEAM.py: f8_3 512 -> 64, f8_4 1024 -> 128, f9 192 + 3 -> 192, fc8 4096 -> classes.
     assert (model.pcm.project4.in_channels, model.pcm.project5.in_channels) == (512, 1024)
     assert (model.pcm.project4.out_channels, model.pcm.project5.out_channels, model.pcm.embed.out_channels) == (
         64, 128, 192)
     assert model.pcm.embed.in_channels == 3 + 64 + 128
-    assert model.head.weight.shape == (20, 2048, 1, 1)
+    assert model.head.weight.shape == (20, 4096, 1, 1)
+
+
+def test_tiny_backbone_is_resnet38d_tiny_and_its_pcm_reads_conv4_conv5():
+    model = _tiny().eval()
+    assert isinstance(model.backbone, ResNet38d) and model.backbone.block_names[-2:] == ("b6", "b7")
+    assert (model.pcm.project4.in_channels, model.pcm.project5.in_channels) == model.backbone.stage_channels[1:3]
+    seen = {}
+    model.pcm.register_forward_hook(lambda m, args, out: seen.update(conv4=args[2], conv5=args[3]))
+    images = torch.rand(2, 3, 32, 32)
+    model.raw_cams(model.normalize(images))
+    maps = model.backbone.forward_as_dict(model.normalize(images))
+    torch.testing.assert_close(seen["conv4"], maps["conv4"])
+    torch.testing.assert_close(seen["conv5"], maps["conv5"])
+
+
+def test_a_resnet_module_feeds_the_pcm_its_layer2_and_layer3():
+    torch.manual_seed(0)
+    backbone = resnet_tiny(output_stride=8)
+    model = create("seam", backbone=backbone, num_classes=3).eval()
+    assert (model.pcm.project4.in_channels, model.pcm.project5.in_channels) == backbone.stage_channels[1:3]
+    assert model.head.weight.shape == (3, backbone.out_channels, 1, 1)
+    seen = {}
+    model.pcm.register_forward_hook(lambda m, args, out: seen.update(conv4=args[2], conv5=args[3]))
+    x = model.normalize(torch.rand(2, 3, 32, 32))
+    cams = model.raw_cams(x)
+    assert cams.shape == (2, 3, 32, 32)
+    layers = backbone.stages(x)
+    torch.testing.assert_close(seen["conv4"], layers[1])
+    torch.testing.assert_close(seen["conv5"], layers[2])
 
 
 # ---------------------------------------------------------------- PCM
