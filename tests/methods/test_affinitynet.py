@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import wsss_ext
-from method_support import traced_ops
+from method_support import traced_ops, train_losses
 from python_models import create
 from python_models.heads import AffinityHead
 from python_models.losses.affinity import affinity_loss
@@ -336,13 +336,5 @@ def test_loss_falls_over_twenty_steps():
     torch.manual_seed(0)
     model = create("affinitynet", backbone="tiny", num_classes=NUM_CLASSES, cam_network=None).train()
     batch = model.example_batch(batch_size=2, image_size=32, generator=torch.Generator().manual_seed(1))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for step in range(20):
-        loss = model.losses(batch, step)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        model.after_step(step, 20)
-        losses.append(float(loss.detach()))
+    losses = train_losses(model, batch)
     assert losses[-1] < 0.7 * losses[0], losses

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import wsss_ext
-from method_support import traced_ops
+from method_support import seeded_batch, traced_ops, train_losses
 from python_models import create
 from python_models.losses import gwrp, lse_pool
 from python_models.pseudo import (
@@ -33,10 +33,6 @@ def _model(key="cam", **overrides):
     return create(key, backbone="tiny", num_classes=4, **overrides).eval()
 
 
-def _batch(model, seed=0, size=32):
-    return model.example_batch(2, size, torch.Generator().manual_seed(seed))
-
-
 # --- published defaults ---------------------------------------------------------------------------
 
 
@@ -57,7 +53,7 @@ def test_cam_defaults_are_irnets():
 
 def test_cam_logits_are_the_mean_of_the_raw_cams_and_cams_match_a_hand_pipeline():
     model = _model()
-    batch = _batch(model)
+    batch = seeded_batch(model)
     images, labels = batch["images"], batch["labels"]
     raw = model.raw_cams(model.normalize(images))
     torch.testing.assert_close(model(images), raw.mean((2, 3)))
@@ -76,25 +72,17 @@ def test_cam_logits_are_the_mean_of_the_raw_cams_and_cams_match_a_hand_pipeline(
 
 def test_cam_loss_is_multilabel_soft_margin_and_falls():
     model = _model().train()
-    batch = _batch(model)
+    batch = seeded_batch(model)
     terms = model.losses(batch)
     torch.testing.assert_close(terms["loss"], F.multilabel_soft_margin_loss(model(batch["images"]), batch["labels"]))
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
-    first = None
-    for step in range(20):
-        loss = model.losses(batch, step)["loss"]
-        first = float(loss.detach()) if first is None else first
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        model.after_step(step, 20)
+    first = train_losses(model, batch, lr=1e-2)[0]
     assert float(model.losses(batch)["loss"].detach()) < 0.5 * first
 
 
 def test_cam_pseudo_labels_equal_irnets_rule_per_image():
     """IRNet's cam_to_ir_label, image by image over its present labels only, with wsss_ext.dense_crf."""
     model = _model()
-    batch = _batch(model, seed=5)
+    batch = seeded_batch(model, seed=5)
     images, labels = batch["images"], batch["labels"]
     with torch.no_grad():
         cams = model.cams(images, labels)
@@ -118,7 +106,7 @@ def test_cam_pseudo_labels_equal_irnets_rule_per_image():
 
 def test_cam_runs_dense_crf_in_pseudo_labels():
     model = _model()
-    batch = _batch(model)
+    batch = seeded_batch(model)
     ops, _ = traced_ops(model.pseudo_labels, batch["images"], batch["labels"])
     assert "wsss_ext::dense_crf" in ops
 
@@ -128,7 +116,7 @@ def test_cam_runs_dense_crf_in_pseudo_labels():
 
 def test_grad_cam_of_a_gap_linear_head_is_the_relu_cam_over_hw_for_every_class():
     model = _model()
-    images = _batch(model)["images"]
+    images = seeded_batch(model)["images"]
     raw = model.raw_cams(model.normalize(images))
     h, w = raw.shape[-2:]
     maps = grad_cam(model, images)
@@ -150,7 +138,7 @@ def test_grad_cam_of_a_gap_linear_head_is_the_relu_cam_over_hw_for_every_class()
 
 def test_grad_cam_is_differentiable_on_request_and_detached_otherwise():
     model = _model()
-    images = _batch(model)["images"]
+    images = seeded_batch(model)["images"]
     assert not grad_cam(model, images).requires_grad
     maps = grad_cam(model, images, create_graph=True)
     maps.sum().backward()
@@ -206,7 +194,7 @@ def test_lse_pool_by_hand_bounds_and_limits():
 
 def test_mil_scores_posteriors_and_pseudo_labels():
     model = _model("mil")
-    batch = _batch(model)
+    batch = seeded_batch(model)
     images, labels = batch["images"], batch["labels"]
     scores = model.pixel_scores(model.normalize(images))
     torch.testing.assert_close(model(images), lse_pool(scores, 5.0))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import wsss_ext
-from method_support import KERNEL_OPS, traced_ops
+from method_support import KERNEL_OPS, seeded_batch, traced_ops
 from python_models import METHODS, WSSSMethod, create
 
 KEYS = sorted(METHODS)
@@ -22,10 +22,6 @@ NUM_CLASSES = 3
 def _build(key: str) -> nn.Module:
     torch.manual_seed(0)
     return create(key, backbone="tiny", num_classes=NUM_CLASSES)
-
-
-def _batch(model, seed: int = 0) -> dict:
-    return model.example_batch(batch_size=2, image_size=32, generator=torch.Generator().manual_seed(seed))
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -75,7 +71,7 @@ def test_settings_declared_and_unknown_keywords_refused(key):
 @pytest.mark.parametrize("key", KEYS)
 def test_example_batch_holds_the_keys_it_documents_and_is_reproducible(key):
     model = _build(key)
-    batch, again = _batch(model), _batch(model)
+    batch, again = seeded_batch(model), seeded_batch(model)
     assert set(model.BATCH_KEYS) <= set(batch)
     for name in batch:
         assert torch.equal(batch[name], again[name]), name
@@ -85,7 +81,7 @@ def test_example_batch_holds_the_keys_it_documents_and_is_reproducible(key):
 @pytest.mark.parametrize("key", KEYS)
 def test_losses_are_named_terms_with_a_differentiable_total(key):
     model = _build(key).train()
-    batch = _batch(model)
+    batch = seeded_batch(model)
     before = _state(model)
     terms = model.losses(batch, step=0)
     assert "loss" in terms and len(terms) >= 1
@@ -104,7 +100,7 @@ def test_losses_are_named_terms_with_a_differentiable_total(key):
 @pytest.mark.parametrize("key", KEYS)
 def test_forward_is_pure(key):
     model = _build(key).eval()
-    images = _batch(model)["images"]
+    images = seeded_batch(model)["images"]
     before = _state(model)
     with torch.no_grad():
         first = model(images)
@@ -128,7 +124,7 @@ def test_after_step_is_callable_once_per_step(key):
 @pytest.mark.parametrize("key", KEYS)
 def test_declared_kernels_run_in_losses_or_pseudo_labels(key):
     model = _build(key)
-    batch = _batch(model)
+    batch = seeded_batch(model)
     ran, _ = traced_ops(model.losses, batch, 0)
     if isinstance(model, WSSSMethod):
         model.eval()
@@ -142,7 +138,7 @@ def test_declared_kernels_run_in_losses_or_pseudo_labels(key):
 @pytest.mark.parametrize("key", [key for key in KEYS if issubclass(METHODS[key], WSSSMethod)])
 def test_wsss_outputs_respect_the_tags(key):
     model = _build(key).eval()
-    batch = _batch(model, seed=3)
+    batch = seeded_batch(model, seed=3)
     images, labels = batch["images"], batch["labels"].clone()
     cams = model.cams(images, labels).detach()
     assert cams.shape == (2, NUM_CLASSES, 32, 32)
@@ -158,7 +154,7 @@ def test_wsss_outputs_respect_the_tags(key):
 @pytest.mark.parametrize("key", [key for key in KEYS if issubclass(METHODS[key], WSSSMethod)])
 def test_wsss_inputs_are_checked_by_name(key):
     model = _build(key).eval()
-    batch = _batch(model)
+    batch = seeded_batch(model)
     images, labels = batch["images"], batch["labels"]
     with pytest.raises(ValueError, match="labels"):
         model.cams(images, labels[:, :2])

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import wsss_ext
-from method_support import traced_ops
+from method_support import random_probs, traced_ops, train_losses
 from python_models import create
 from python_models.losses.dsrg import DSRG_RATIO_CLIP, balanced_seed_loss, dsrg_crf_target
 from python_models.losses.sec import constrain_loss, floored_softmax
@@ -24,11 +24,6 @@ from python_models.pseudo import dsrg_grow
 def _tiny(**overrides) -> DSRG:
     torch.manual_seed(0)
     return create("dsrg", backbone="tiny", num_classes=3, test_sizes=None, **overrides)
-
-
-def _probs(shape, seed=0, scale=1.0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return torch.softmax(scale * torch.randn(shape, generator=g, dtype=torch.float64), 1).to(dtype)
 
 
 def test_defaults_are_the_published_values():
@@ -61,7 +56,7 @@ def test_balanced_seed_loss_by_hand():
 
 
 def test_dsrg_crf_target_uses_minus_p_as_the_energy():
-    probs = _probs((2, 4, 6, 5), seed=4, scale=3)
+    probs = random_probs((2, 4, 6, 5), seed=4, scale=3)
     g = torch.Generator().manual_seed(5)
     images = torch.rand(2, 3, 41, 33, generator=g)
     image = (F.interpolate(images, size=(6, 5), mode="bilinear", align_corners=True) * 255).round().to(torch.uint8)
@@ -78,8 +73,8 @@ def test_dsrg_crf_target_uses_minus_p_as_the_energy():
 
 
 def test_boundary_loss_ratio_clip_matches_numpy():
-    f = _probs((2, 4, 5, 6), seed=2, scale=4, dtype=torch.float64)
-    q = _probs((2, 4, 5, 6), seed=3, scale=4, dtype=torch.float64)
+    f = random_probs((2, 4, 5, 6), seed=2, scale=4, dtype=torch.float64)
+    q = random_probs((2, 4, 5, 6), seed=3, scale=4, dtype=torch.float64)
     fn, qn = np.maximum(f.numpy(), 1e-4), q.numpy()
     expected = (qn * np.log(np.clip(qn / fn, 0.05, 20))).sum(1).mean()
     value = constrain_loss(f, q, ratio_clip=DSRG_RATIO_CLIP)
@@ -95,10 +90,10 @@ def test_boundary_loss_ratio_clip_matches_numpy():
 
 
 def test_gradcheck_balanced_seed_loss():
-    probs = (_probs((2, 3, 3, 4), seed=11, dtype=torch.float64) * 0.9 + 0.03).requires_grad_()
+    probs = (random_probs((2, 3, 3, 4), seed=11, dtype=torch.float64) * 0.9 + 0.03).requires_grad_()
     seeds = torch.tensor([[[0, 1, 255, 2]] * 3, [[255, 2, 2, 0]] * 3])
     assert torch.autograd.gradcheck(lambda p: balanced_seed_loss(p, seeds), (probs,))
-    target = _probs((2, 3, 3, 4), seed=12, scale=3, dtype=torch.float64)
+    target = random_probs((2, 3, 3, 4), seed=12, scale=3, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda p: constrain_loss(p, target, ratio_clip=(0.2, 5.0)), (probs,))
 
 
@@ -138,7 +133,7 @@ def test_aspp_head_sums_four_branches_and_shares_the_backbones_fc6():
 
 
 def test_bad_inputs_name_the_argument():
-    probs = _probs((2, 3, 4, 4))
+    probs = random_probs((2, 3, 4, 4))
     seeds = torch.zeros(2, 4, 4, dtype=torch.long)
     with pytest.raises(TypeError, match="seeds"):
         balanced_seed_loss(probs, seeds.float())
@@ -171,12 +166,5 @@ def test_pseudo_labels_keep_to_the_tags():
 def test_loss_falls_over_20_steps():
     model = _tiny().train()
     batch = model.example_batch()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    values = []
-    for step in range(20):
-        loss = model.losses(batch, step)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        values.append(loss.item())
+    values = train_losses(model, batch)
     assert values[-1] < 0.8 * values[0]

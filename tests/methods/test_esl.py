@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import python_models
+from method_support import train_losses
 from python_models import Method, WSSSMethod
 from python_models.methods.esl import ESL
 from python_models.pseudo import esl_labels, esl_thresholds, normalized_entropy, ssl_labels, ssl_thresholds
@@ -248,14 +249,9 @@ def test_bad_method_input_is_refused_by_name():
 def test_loss_falls_over_20_steps():
     model = _model().train()
     batch = model.example_batch(2, 32, torch.Generator().manual_seed(0))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     with torch.no_grad():
         before = float(model.losses(batch)["loss"])
-    for step in range(20):
-        optimizer.zero_grad()
-        model.losses(batch, step)["loss"].backward()
-        optimizer.step()
-        model.after_step(step, 20)
+    train_losses(model, batch, lr=1e-2)
     with torch.no_grad():
         after = float(model.losses(batch)["loss"])
     assert after < 0.7 * before

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import python_models
 import wsss_ext
-from method_support import traced_ops
+from method_support import seeded_batch, traced_ops, train_losses
 from python_models.heads.fickle import FickleHead, derive_seed
 from python_models.pseudo.fickle import fickle_seeds
 from python_models.methods.ficklenet import FickleNet
@@ -24,29 +24,14 @@ def _model(**overrides) -> FickleNet:
     return FickleNet(backbone="tiny", num_classes=NUM_CLASSES, **overrides)
 
 
-def _batch(model: FickleNet, seed: int = 0) -> dict:
-    return model.example_batch(2, 32, torch.Generator().manual_seed(seed))
-
-
-def _train(model: FickleNet, batch: dict, steps: int = 20) -> FickleNet:
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for step in range(steps):
-        optimizer.zero_grad()
-        model.losses(batch, step=step)["loss"].backward()
-        optimizer.step()
-        model.after_step(step, steps)
-    return model
-
-
 @pytest.fixture(scope="module")
 def trained():
     """A tiny FickleNet after 20 steps on one batch (random weights give all-zero Grad-CAMs)."""
     model = _model()
-    batch = _batch(model)
+    batch = seeded_batch(model)
     with torch.no_grad():
         before = float(model.losses(batch, step=0)["loss"])
-    _train(model, batch)
+    train_losses(model, batch, lr=1e-2)
     return model, batch, before
 
 
@@ -62,7 +47,7 @@ def test_defaults_are_the_published_values():
 
 def test_losses_equal_the_expanded_dropout_route_for_the_step_seed():
     model = _model().eval()
-    batch = _batch(model)
+    batch = seeded_batch(model)
     step = 7
     terms = model.losses(batch, step=step)
     with torch.no_grad():
@@ -82,7 +67,7 @@ def test_losses_equal_the_expanded_dropout_route_for_the_step_seed():
 
 def test_the_step_fixes_the_selection():
     model = _model().eval()
-    batch = _batch(model)
+    batch = seeded_batch(model)
     with torch.no_grad():
         first, again, other = (model.losses(batch, step=s)["loss"] for s in (3, 3, 4))
     assert torch.equal(first, again)
@@ -92,7 +77,7 @@ def test_the_step_fixes_the_selection():
 def test_the_window_centre_is_never_dropped():
     # p just below 1 drops every non-centre unit: the head is then the 1 x 1 conv of the centre taps.
     model = _model(p=1 - 1e-8).eval()
-    images = _batch(model)["images"]
+    images = seeded_batch(model)["images"]
     with torch.no_grad():
         x = model.backbone(model.normalize(images))
         centre = F.conv2d(x, model.head.weight[:, :, 1:2, 1:2], model.head.bias).mean((2, 3))
@@ -151,7 +136,7 @@ def test_pseudo_labels_never_hold_a_class_outside_the_tags(trained):
     model.eval()
     seen = set()
     for seed in range(2):
-        batch = _batch(model, seed)
+        batch = seeded_batch(model, seed)
         labels = batch["labels"].clone()
         labels[:, 0] = 1  # a tag the image may not show still may be labelled; untagged ones never
         for tags in (labels, torch.eye(NUM_CLASSES)[[1, 2]]):
@@ -192,7 +177,7 @@ def test_fickle_seeds_hand_case():
 
 def test_kernels_run_where_declared():
     model = _model(n_samples=8)
-    batch = _batch(model)
+    batch = seeded_batch(model)
     ran, terms = traced_ops(model.losses, batch, 0)
     assert "wsss_ext::fickle_conv2d" in ran and "wsss_ext::fickle_mask_bits" in ran
     model.eval()
@@ -227,7 +212,7 @@ def test_derive_seed_is_a_63_bit_function_of_base_and_stream():
 
 def test_bad_input_is_refused_by_name():
     model = _model(n_samples=4).eval()
-    batch = _batch(model)
+    batch = seeded_batch(model)
     images, labels = batch["images"], batch["labels"]
     with pytest.raises(ValueError, match="labels"):
         model.pseudo_labels(images, labels[:, :2])
@@ -274,7 +259,7 @@ def test_segmentation_stage_is_dsrg():
     stage = model.segmentation_stage(backbone="tiny")
     assert stage.KEY == "dsrg" and stage.config.num_classes == NUM_CLASSES
     # FickleNet's seeds, at the stage's output size, are what DSRG trains on.
-    batch = _batch(model)
+    batch = seeded_batch(model)
     images, labels = batch["images"], batch["labels"]
     with torch.no_grad():
         size = stage(images).shape[-2:]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from method_support import traced_ops
+from method_support import traced_ops, train_losses
 
 import wsss_ext
 from python_models import create
@@ -408,13 +408,5 @@ def test_loss_falls_over_20_steps(batch):
     torch.manual_seed(0)
     # radius 5 instead of 10 keeps the smoke test fast; the loss is the same code.
     model = create("irnet", backbone="tiny", num_classes=NUM_CLASSES, cam_network=None, lr=0.02, radius=5).train()
-    optimizer = torch.optim.SGD(model.param_groups(), momentum=0.9)
-    losses = []
-    for step in range(20):
-        terms = model.losses(batch, step)
-        optimizer.zero_grad()
-        terms["loss"].backward()
-        optimizer.step()
-        model.after_step(step, 20)
-        losses.append(float(terms["loss"].detach()))
+    losses = train_losses(model, batch, optimizer=torch.optim.SGD(model.param_groups(), momentum=0.9))
     assert losses[-1] < 0.75 * losses[0], losses

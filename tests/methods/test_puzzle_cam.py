@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import wsss_ext
-from method_support import traced_ops
+from method_support import seeded_batch, traced_ops, train_losses
 from python_models import METHODS, create
 from python_models.losses import puzzle_cam_loss, puzzle_make_cam, puzzle_re_loss
 from python_models.methods.puzzle_cam import PuzzleCAM
@@ -21,10 +21,6 @@ from python_models.methods.puzzle_cam import PuzzleCAM
 def _model(**overrides):
     torch.manual_seed(0)
     return create("puzzle_cam", backbone="tiny", num_classes=3, **overrides)
-
-
-def _batch(model, seed=0, size=32):
-    return model.example_batch(batch_size=2, image_size=size, generator=torch.Generator().manual_seed(seed))
 
 
 def test_defaults_are_the_published_values():
@@ -46,7 +42,7 @@ def test_defaults_are_the_published_values():
 def test_alpha_ramps_linearly_over_the_first_half_in_after_step_only():
     model, max_steps = _model(), 100
     assert float(model.alpha) == 0.0  # step 0's weight
-    batch = _batch(model)
+    batch = seeded_batch(model)
     model.losses(batch)
     assert float(model.alpha) == 0.0  # losses() moves no schedule
     seen = {}
@@ -72,7 +68,7 @@ def test_alpha_ramps_linearly_over_the_first_half_in_after_step_only():
 
 def test_losses_total_uses_the_alpha_buffer():
     model = _model().eval()
-    batch = _batch(model)
+    batch = seeded_batch(model)
     model.after_step(24, 100)  # alpha = 2
     terms = model.losses(batch)
     assert set(terms) == {"classification", "puzzle_classification", "reconstruction", "loss"}
@@ -192,16 +188,16 @@ def test_losses_refuse_bad_input_by_name():
     with pytest.raises(TypeError, match="alpha"):
         puzzle_cam_loss(a, a, labels, "4")
     model = _model()
-    batch = _batch(model)
+    batch = seeded_batch(model)
     with pytest.raises(ValueError, match="labels"):
         model.losses({**batch, "labels": batch["labels"][:1]})
     with pytest.raises(ValueError, match="divisible"):
-        model.losses(_batch(model, size=33))
+        model.losses(seeded_batch(model, size=33))
 
 
 def test_puzzle_cams_equal_a_loop_over_tiles_at_stride_16():
     model = _model().eval()
-    images = _batch(model)["images"]
+    images = seeded_batch(model)["images"]
     with torch.no_grad():
         full, merged = model.puzzle_cams(images)
         # 32-px images at output stride 16: 2 x 2 maps; each 16-px tile gives a 1 x 1 map.
@@ -215,13 +211,13 @@ def test_puzzle_cams_equal_a_loop_over_tiles_at_stride_16():
         torch.testing.assert_close(model(images), full.mean((2, 3)))
     # Sides that are not multiples of 32: the merged map is resized to the full one's size.
     with torch.no_grad():
-        full, merged = model.puzzle_cams(_batch(model, size=48)["images"])
+        full, merged = model.puzzle_cams(seeded_batch(model, size=48)["images"])
     assert full.shape == merged.shape == (2, 3, 3, 3)
 
 
 def test_pseudo_labels_run_dense_crf_and_equal_the_per_image_procedure():
     model = _model(cam_scales=(1.0,)).eval()  # one scale keeps it fast; the CRF settings are the defaults
-    batch = _batch(model, seed=3)
+    batch = seeded_batch(model, seed=3)
     images, labels = batch["images"], batch["labels"]
     ran, result = traced_ops(model.pseudo_labels, images, labels)
     assert "wsss_ext::dense_crf" in ran
@@ -246,15 +242,7 @@ def test_pseudo_labels_run_dense_crf_and_equal_the_per_image_procedure():
 
 def test_loss_falls_over_20_steps():
     model = _model(alpha_schedule=0.0).train()  # constant alpha, so the totals compare
-    batch = _batch(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    totals = []
-    for step in range(20):
-        terms = model.losses(batch, step)
-        optimizer.zero_grad()
-        terms["loss"].backward()
-        optimizer.step()
-        model.after_step(step, 20)
-        totals.append(float(terms["loss"].detach()))
+    batch = seeded_batch(model)
+    totals = train_losses(model, batch, lr=3e-3)
     assert all(math.isfinite(t) for t in totals)
     assert totals[-1] < 0.7 * totals[0], totals

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from method_support import traced_ops
+from method_support import one_thread  # noqa: F401  (autouse fixture)
+from method_support import seeded_batch, traced_ops, train_losses
 
 import wsss_ext
 from python_models import METHODS, create
@@ -26,23 +27,10 @@ from python_models.pseudo import normalize_cams, scg
 from wsss_ext.reference import pamr_unfold
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convolutions: one thread is ~10x faster than two on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model(**overrides):
     torch.manual_seed(0)
     settings = dict(backbone="tiny", num_classes=3, aspp_channels=16)
     return create("recurseed", **{**settings, **overrides})
-
-
-def _batch(model, seed=0, size=32):
-    return model.example_batch(batch_size=2, image_size=size, generator=torch.Generator().manual_seed(seed))
 
 
 def test_defaults_are_the_published_values():
@@ -148,7 +136,7 @@ def test_scg_float32_output_range_and_bad_input():
 # ------------------------------------------------------------------------------------ RS and PAMR
 def test_pamr_inside_rs_equals_the_direct_call_and_the_unfold_reference():
     model = _model().eval()
-    batch = _batch(model)
+    batch = seeded_batch(model)
     images, labels = batch["images"], batch["labels"]
     with torch.no_grad():
         stages = model.backbone.stages(model.normalize(images))
@@ -174,7 +162,7 @@ def test_pamr_inside_rs_equals_the_direct_call_and_the_unfold_reference():
 
 def test_losses_trace_pamr_and_pseudo_labels_trace_dense_crf():
     model = _model()
-    batch = _batch(model)
+    batch = seeded_batch(model)
     ops, out = traced_ops(model.losses, batch)
     assert "wsss_ext::pamr_propagate" in ops and "wsss_ext::pamr_affinity" in ops
     assert set(out) == {"classification", "segmentation", "loss"}  # warm-up: no mix yet
@@ -186,7 +174,7 @@ def test_losses_trace_pamr_and_pseudo_labels_trace_dense_crf():
 
 def test_after_step_ends_the_warm_up_and_turns_on_epm():
     model = _model()
-    batch = _batch(model)
+    batch = seeded_batch(model)
     assert float(model.progress) == 0.0
     model.after_step(0, 4)  # progress 0.25 = warmup_fraction
     assert float(model.progress) == 0.25
@@ -201,7 +189,7 @@ def test_after_step_ends_the_warm_up_and_turns_on_epm():
 
 def test_pseudo_labels_equal_a_per_image_crf_over_the_present_labels():
     model = _model().eval()
-    batch = _batch(model, seed=3)
+    batch = seeded_batch(model, seed=3)
     images, labels = batch["images"], batch["labels"]
     got = model.pseudo_labels(images, labels)
     with torch.no_grad():
@@ -326,7 +314,7 @@ def test_epm_bad_input_is_named():
 
 def test_method_bad_input_is_named():
     model = _model()
-    batch = _batch(model)
+    batch = seeded_batch(model)
     with pytest.raises(ValueError, match="labels"):
         model.losses({**batch, "labels": batch["labels"][:, :2]})
     with pytest.raises(ValueError, match="images"):
@@ -339,14 +327,8 @@ def test_method_bad_input_is_named():
 
 def test_loss_falls_over_20_steps():
     model = _model(epm=False, warmup_fraction=1.0)
-    batch = _batch(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batch = seeded_batch(model)
     torch.manual_seed(0)
-    first = None
-    for step in range(20):
-        out = model.losses(batch, step)
-        first = float(out["loss"].detach()) if first is None else first
-        optimizer.zero_grad()
-        out["loss"].backward()
-        optimizer.step()
+    # no after_step: it would end the warm-up (warmup_fraction 1.0) before the last loss
+    first = train_losses(model, batch, lr=3e-3, after_step=False)[0]
     assert float(model.losses(batch)["loss"].detach()) < 0.7 * first

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import wsss_ext
-from method_support import traced_ops
+from method_support import traced_ops, train_losses
 from python_models import create
 from python_models.augment import rescale
 from python_models.backbones import ResNet38d, resnet_tiny
@@ -464,13 +464,5 @@ def test_pseudo_label_rule_on_confident_cams():
 def test_loss_falls_over_20_steps():
     model = _tiny(dropout=0.0).train()
     batch = model.example_batch(batch_size=2, image_size=32)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    history = []
-    for step in range(20):
-        terms = model.losses(batch, step)
-        optimizer.zero_grad()
-        terms["loss"].backward()
-        optimizer.step()
-        model.after_step(step, 20)
-        history.append(float(terms["loss"].detach()))
+    history = train_losses(model, batch, lr=3e-3)
     assert np.mean(history[-3:]) < 0.8 * np.mean(history[:3]), history

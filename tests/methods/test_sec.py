@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 import wsss_ext
-from method_support import traced_ops
+from method_support import random_probs, traced_ops, train_losses
 from python_models import create
 from python_models.losses.sec import (SEC_CRF, constrain_loss, crf_target, expand_loss, floored_softmax, map_image,
                                       seed_loss)
@@ -23,11 +23,6 @@ from python_models.methods.sec import SEC, largefov_map_size
 def _tiny(**overrides) -> SEC:
     torch.manual_seed(0)
     return create("sec", backbone="tiny", num_classes=3, **overrides)
-
-
-def _probs(shape, seed=0, scale=1.0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return torch.softmax(scale * torch.randn(shape, generator=g, dtype=torch.float64), 1).to(dtype)
 
 
 def test_defaults_are_the_published_values():
@@ -96,7 +91,7 @@ def test_expand_loss_by_hand():
     expected = present + absent - math.log(bg)
     assert expand_loss(probs, labels, 0.5, 1.0).item() == pytest.approx(expected, rel=1e-6)
     # Published decays: -log of the weighted rank means, against numpy on random maps.
-    probs = _probs((2, 4, 5, 6), seed=1, dtype=torch.float64)
+    probs = random_probs((2, 4, 5, 6), seed=1, dtype=torch.float64)
     labels = torch.tensor([[1.0, 0, 1], [0, 1, 0]])
 
     def gwrp(x, d):
@@ -123,13 +118,13 @@ def _constrain_oracle(f, q, floor=1e-4, clip=None):
 
 
 def test_constrain_loss_oracle_nonnegative_and_zero_at_a_fixed_point():
-    f = _probs((2, 4, 5, 6), seed=2, scale=3, dtype=torch.float64)
-    q = _probs((2, 4, 5, 6), seed=3, scale=3, dtype=torch.float64)
+    f = random_probs((2, 4, 5, 6), seed=2, scale=3, dtype=torch.float64)
+    q = random_probs((2, 4, 5, 6), seed=3, scale=3, dtype=torch.float64)
     value = constrain_loss(f, q)
     assert value.item() == pytest.approx(_constrain_oracle(f, q), rel=1e-10)
     assert value.item() > 0.1
     for seed in range(5):
-        assert constrain_loss(_probs((1, 3, 4, 4), seed), _probs((1, 3, 4, 4), seed + 10)).item() >= 0
+        assert constrain_loss(random_probs((1, 3, 4, 4), seed), random_probs((1, 3, 4, 4), seed + 10)).item() >= 0
     assert constrain_loss(_floored(q), _floored(q)).item() == pytest.approx(0.0, abs=1e-8)
     # A CRF fixed point: one label everywhere at the floor's saturation on a flat image; the CRF only
     # sharpens it and the 1e-4 floor brings it back, so Q = f and the loss is 0.
@@ -140,14 +135,14 @@ def test_constrain_loss_oracle_nonnegative_and_zero_at_a_fixed_point():
     torch.testing.assert_close(target, f, atol=1e-7, rtol=1e-6)
     assert constrain_loss(f, target).item() == pytest.approx(0.0, abs=1e-5)
     # No gradient reaches the target.
-    f = _probs((1, 3, 4, 4), seed=20, dtype=torch.float64).requires_grad_()
-    q = _probs((1, 3, 4, 4), seed=21, dtype=torch.float64).requires_grad_()
+    f = random_probs((1, 3, 4, 4), seed=20, dtype=torch.float64).requires_grad_()
+    q = random_probs((1, 3, 4, 4), seed=21, dtype=torch.float64).requires_grad_()
     constrain_loss(f, q).backward()
     assert q.grad is None and f.grad.abs().sum() > 0
 
 
 def test_crf_target_equals_a_direct_dense_crf_call():
-    probs = _probs((2, 4, 6, 5), seed=4, scale=2)
+    probs = random_probs((2, 4, 6, 5), seed=4, scale=2)
     g = torch.Generator().manual_seed(5)
     images = torch.rand(2, 3, 41, 33, generator=g)
     image = (F.interpolate(images, size=(6, 5), mode="bilinear", align_corners=True) * 255).round().to(torch.uint8)
@@ -185,7 +180,7 @@ def test_map_image_is_sec_zoom():
 
 def test_crf_target_matches_pydensecrf():
     dcrf = pytest.importorskip("pydensecrf.densecrf")
-    probs = _probs((1, 3, 7, 9), seed=8, scale=2)
+    probs = random_probs((1, 3, 7, 9), seed=8, scale=2)
     g = torch.Generator().manual_seed(9)
     image = torch.randint(0, 256, (1, 3, 7, 9), dtype=torch.uint8, generator=g)
     crf = dcrf.DenseCRF2D(9, 7, 3)
@@ -198,10 +193,10 @@ def test_crf_target_matches_pydensecrf():
 
 
 def test_gradcheck_float64():
-    probs = (_probs((2, 3, 3, 4), seed=11, dtype=torch.float64) * 0.9 + 0.03).requires_grad_()
+    probs = (random_probs((2, 3, 3, 4), seed=11, dtype=torch.float64) * 0.9 + 0.03).requires_grad_()
     seeds = torch.tensor([[[0, 1, 255, 2]] * 3, [[255, 2, 2, 0]] * 3])
     labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    target = _probs((2, 3, 3, 4), seed=12, dtype=torch.float64)
+    target = random_probs((2, 3, 3, 4), seed=12, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda p: seed_loss(p, seeds), (probs,))
     assert torch.autograd.gradcheck(lambda p: expand_loss(p, labels, 0.9, 0.95), (probs,))
     assert torch.autograd.gradcheck(lambda p: constrain_loss(p, target), (probs,))
@@ -210,7 +205,7 @@ def test_gradcheck_float64():
 
 
 def test_bad_inputs_name_the_argument():
-    probs = _probs((2, 3, 4, 4))
+    probs = random_probs((2, 3, 4, 4))
     seeds = torch.zeros(2, 4, 4, dtype=torch.long)
     with pytest.raises(TypeError, match="seeds"):
         seed_loss(probs, seeds.float())
@@ -272,13 +267,5 @@ def test_cams_are_probabilities_and_pseudo_labels_their_tag_argmax():
 def test_loss_falls_over_20_steps():
     model = _tiny().train()
     batch = model.example_batch()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    values = []
-    for step in range(20):
-        loss = model.losses(batch, step)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        model.after_step(step, 20)
-        values.append(loss.item())
+    values = train_losses(model, batch)
     assert values[-1] < 0.8 * values[0]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from method_support import traced_ops
+from method_support import one_thread  # noqa: F401  (autouse fixture)
+from method_support import seeded_batch, traced_ops, train_losses
 
 import wsss_ext
 from python_models import create
@@ -31,22 +32,9 @@ from wsss_ext.reference import pamr_unfold
 SMALL = dict(backbone="tiny", num_classes=3, decoder_channels=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions on a shared 2-core machine: one thread is ~100x faster than two contending.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model(**overrides):
     torch.manual_seed(0)
     return create("ssss", **{**SMALL, **overrides})
-
-
-def _batch(model, size=32, seed=0):
-    return model.example_batch(batch_size=2, image_size=size, generator=torch.Generator().manual_seed(seed))
 
 
 def _ground_truth_refine(model, batch, monkeypatch):
@@ -191,7 +179,7 @@ def test_method_gate_seed_follows_the_step():
     for module in model.modules():
         if isinstance(module, torch.nn.modules.dropout._DropoutNd):
             module.p = 0.0  # leave the gate as the only randomness
-    images = _batch(model)["images"]
+    images = seeded_batch(model)["images"]
     with torch.no_grad():
         a, b, c = model(images, step=5), model(images, step=5), model(images, step=6)
     assert torch.equal(a, b) and not torch.allclose(a, c)
@@ -356,7 +344,7 @@ def test_refine_is_pamr_of_the_detached_masks_then_cleaned():
 
 def test_pamr_inside_losses_equals_the_reference_on_the_model_masks(monkeypatch):
     model = _model(mask_loss_start_step=0).eval()
-    batch = _batch(model)
+    batch = seeded_batch(model)
     calls = []
     real = wsss_ext.pamr
 
@@ -383,7 +371,7 @@ def test_pamr_inside_losses_equals_the_reference_on_the_model_masks(monkeypatch)
 
 def test_mask_loss_warm_up_switches_only_in_after_step(monkeypatch):
     model = _model(mask_loss_start_step=3).eval()
-    batch = _batch(model, seed=2)
+    batch = seeded_batch(model, seed=2)
     _ground_truth_refine(model, batch, monkeypatch)
     assert model.mask_loss_on.item() == 0.0
     terms = model.losses(batch, step=5)
@@ -403,7 +391,7 @@ def test_mask_loss_warm_up_switches_only_in_after_step(monkeypatch):
 
 def test_kernel_runs_in_losses_at_step_zero_and_in_pseudo_labels():
     model = _model()
-    batch = _batch(model)
+    batch = seeded_batch(model)
     ran, terms = traced_ops(model.losses, batch, 0)
     assert "wsss_ext::pamr_propagate" in ran and "wsss_ext::pamr_affinity" in ran
     assert model.mask_loss_on.item() == 0.0 and torch.isfinite(terms["mask"])
@@ -414,7 +402,7 @@ def test_kernel_runs_in_losses_at_step_zero_and_in_pseudo_labels():
 
 def test_pseudo_labels_rules(monkeypatch):
     model = _model().eval()
-    batch = _batch(model, seed=1)
+    batch = seeded_batch(model, seed=1)
     images, labels = batch["images"], batch["labels"]
     refined = model.refine(images, model.masks(images)[1], labels)
     argmax = model.pseudo_labels(images, labels)
@@ -434,7 +422,7 @@ def test_pseudo_labels_rules(monkeypatch):
 
 def test_bad_input_is_named():
     model = _model()
-    batch = _batch(model)
+    batch = seeded_batch(model)
     images, labels = batch["images"], batch["labels"]
     with pytest.raises(ValueError, match="labels"):
         model.losses({**batch, "labels": labels[:, :2]})
@@ -462,15 +450,7 @@ def test_bad_input_is_named():
 
 def test_loss_falls_over_20_steps():
     model = _model(mask_loss_start_step=0)
-    batch = _batch(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    batch = seeded_batch(model)
     torch.manual_seed(0)
-    history = []
-    for step in range(20):
-        terms = model.losses(batch, step)
-        optimizer.zero_grad()
-        terms["loss"].backward()
-        optimizer.step()
-        model.after_step(step, 20)
-        history.append(terms["loss"].item())
+    history = train_losses(model, batch, lr=1e-2)
     assert np.mean(history[-3:]) < 0.7 * np.mean(history[:3])
