@@ -7,6 +7,8 @@
 
 #include <array>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "common/array_view.h"
 #include "common/cuda_device.h"
@@ -305,6 +307,47 @@ PYBIND11_MODULE(_C, m) {
       "q = softmax(-unary + pairwise) per pixel (pairwise None: softmax(-unary)); unary [B, L, H, W]; q and "
       "pairwise pixel-major rows [B*H*W, width >= L], lanes past L zeroed; q_out, if given, receives q as "
       "[B, L, H, W].");
+
+  m.def(
+      "dense_crf_workspace_bytes",
+      [](int64_t pixels, int64_t n_labels, const std::vector<int>& dims) {
+        WSSS_CHECK(dims.size() <= static_cast<size_t>(wsss::dense_crf::kMaxKernels), "at most ",
+                   wsss::dense_crf::kMaxKernels, " kernels, got ", dims.size());
+        return wsss::dense_crf::mean_field_workspace_bytes(pixels, n_labels, dims.data(),
+                                                           static_cast<int>(dims.size()));
+      },
+      py::arg("pixels"), py::arg("n_labels"), py::arg("dims"),
+      "Bytes of one worker's row of the dense_crf_mean_field workspace.");
+
+  m.def(
+      "dense_crf_mean_field",
+      [](py::handle unary, py::handle image, py::handle out, py::handle workspace, int n_iters,
+         const std::vector<std::tuple<int, double, double, double>>& kernels, double identity_weight) {
+        using wsss::dense_crf::kMaxKernels;
+        WSSS_CHECK(kernels.size() <= static_cast<size_t>(kMaxKernels), "at most ", kMaxKernels, " kernels, got ",
+                   kernels.size());
+        wsss::dense_crf::MeanFieldArgs args;
+        args.unary = to_view(unary, "unary");
+        args.image = to_view(image, "image");
+        args.out = to_view(out, "out");
+        args.workspace = to_view(workspace, "workspace");
+        args.n_iters = n_iters;
+        args.n_kernels = static_cast<int>(kernels.size());
+        for (size_t k = 0; k < kernels.size(); ++k) {
+          auto& kernel = args.kernels[k];
+          std::tie(kernel.dims, kernel.sxy, kernel.srgb, kernel.weight) = kernels[k];
+        }
+        args.identity_weight = identity_weight;
+        py::gil_scoped_release no_gil;
+        wsss::dense_crf::mean_field(args);
+      },
+      py::arg("unary"), py::arg("image"), py::arg("out"), py::arg("workspace"), py::arg("n_iters"),
+      py::arg("kernels"), py::arg("identity_weight"),
+      "The whole mean field on the CPU, each thread taking whole images: unary [B, L, H, W], image [B, 3, H, W] "
+      "uint8, out [B, L, H, W] float32, workspace uint8 [workers, dense_crf_workspace_bytes(H*W, L, dims)]; "
+      "kernels [(dims, sxy, srgb, weight)]; identity_weight * Q is added to the pairwise term.");
+
+  m.def("cpu_max_threads", &wsss::cpu_max_threads, "OpenMP threads the CPU kernels use (1 without OpenMP).");
 
   m.def(
       "pamr_affinity",

@@ -228,6 +228,47 @@ def test_cpu_batches_larger_than_a_chunk_are_split_consistently(monkeypatch):
     torch.testing.assert_close(wsss_ext.dense_crf(unary, image, 5), whole, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("height, width, params", [(41, 41, SCALE_12), (64, 80, AFFINITYNET), (9, 130, IRNET)])
+def test_cpu_image_by_image_path_equals_the_batched_path(monkeypatch, height, width, params):
+    # Small images run image by image, each thread taking whole images; the
+    # batched lattice gives the same sums in the same order (bit for bit but
+    # for the identity term, which torch adds on the batched path).
+    module = sys.modules["wsss_ext.ops.dense_crf"]
+    unary, image = cam_unary(3, 21, height, width), torch.cat([photo(height, width), random_image(2, height, width)])
+    assert height * width <= module._CPU_IMAGE_PIXELS
+    by_image = wsss_ext.dense_crf(unary, image, 10, **params)
+    monkeypatch.setattr(module, "_CPU_IMAGE_PIXELS", 0)
+    tolerance = 1e-6 if module._lattice_is_identity(2, params["gaussian_sxy"]) else 0.0
+    torch.testing.assert_close(wsss_ext.dense_crf(unary, image, 10, **params), by_image, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(gaussian_sxy=0.3, gaussian_weight=3.0, bilateral_weight=0.0),
+        dict(gaussian_sxy=0.25, gaussian_weight=3.0, bilateral_sxy=0.2, bilateral_srgb=13.0, bilateral_weight=5.0),
+        dict(SCALE_12, gaussian_sxy=0.32),
+    ],
+    ids=["gaussian", "both", "scale12-edge"],
+)
+def test_kernels_narrower_than_the_lattice_are_the_identity(params):
+    """Below a third of a pixel (d = 2; 0.24 for d = 5) no two pixels share or
+    neighbour a lattice vertex: Kn q = q, which dense_crf then applies without
+    a lattice. pydensecrf, which builds it, agrees."""
+    module = sys.modules["wsss_ext.ops.dense_crf"]
+    assert module._lattice_is_identity(2, 0.32) and not module._lattice_is_identity(2, 0.34)
+    assert module._lattice_is_identity(5, 0.2) and not module._lattice_is_identity(5, 0.25)
+    unary, image = cam_unary(2, 21, 41, 41), torch.cat([photo(41, 41), photo(41, 41, "coffee")])
+    full = dict(AFFINITYNET, **params)
+    assert_agrees_with_pydensecrf(unary, image, full)
+    if full["bilateral_weight"] == 0 or full["bilateral_sxy"] < 0.24:
+        weight = full["gaussian_weight"] + (full["bilateral_weight"] if full["bilateral_sxy"] < 0.24 else 0.0)
+        q = torch.softmax(-unary, 1)
+        for _ in range(10):
+            q = torch.softmax(-unary + weight * q, 1)
+        torch.testing.assert_close(wsss_ext.dense_crf(unary, image, 10, **full), q, rtol=0, atol=1e-5)
+
+
 def test_result_does_not_depend_on_the_thread_count(tmp_path):
     script = (
         "import torch, wsss_ext\n"
@@ -434,6 +475,14 @@ def test_compiled_checks_catch_bad_buffers():
         _C.dense_crf_build_vertices(lattice, image, 80.0, 13.0)
     with pytest.raises(ValueError, match="image must have 3 channels"):
         _C.dense_crf_build_vertices(lattice, image[:, :2].contiguous(), 80.0, 13.0)
+    out = torch.empty(unary.shape)
+    row_bytes = _C.dense_crf_workspace_bytes(64, 3, [5])
+    with pytest.raises(ValueError, match="workspace must be"):
+        _C.dense_crf_mean_field(unary, image, out, torch.empty(1, row_bytes - 1, dtype=torch.uint8), 5,
+                                [(5, 80.0, 13.0, 10.0)], 0.0)
+    with pytest.raises(ValueError, match="kernel dims"):
+        _C.dense_crf_mean_field(unary, image, out, torch.empty(1, row_bytes, dtype=torch.uint8), 5,
+                                [(3, 80.0, 13.0, 10.0)], 0.0)
 
 
 # --- CUDA ---------------------------------------------------------------------------------

@@ -168,4 +168,42 @@ void softmax(const ArrayView& unary, const ArrayView& pairwise, const ArrayView&
              softmax_cpu(unary, pairwise_data, q.as<float>(), width, q_out_data));
 }
 
+void mean_field(const MeanFieldArgs& args) {
+  const ArrayView& unary = args.unary;
+  check_ndim(unary, 4, "unary");
+  check_dtype(unary, {DType::kFloat16, DType::kBFloat16, DType::kFloat32, DType::kFloat64}, "unary");
+  check_contiguous(unary, "unary");
+  WSSS_CHECK(!unary.is_cuda(), "the image-by-image mean field runs on the CPU; got unary ", unary.describe());
+  const int64_t batch = unary.shape[0], n_labels = unary.shape[1], height = unary.shape[2], width = unary.shape[3];
+  WSSS_CHECK(batch > 0 && n_labels > 0 && height * width > 0, "unary must not be empty, got ", unary.describe());
+  wsss::check_buffer(args.image, "image", DType::kUInt8, {batch, 3, height, width}, unary, "unary", false);
+  wsss::check_buffer(args.out, "out", DType::kFloat32, {batch, n_labels, height, width}, unary, "unary", true);
+  check_same_device(args.workspace, "workspace", unary, "unary");
+  check_dtype(args.workspace, {DType::kUInt8}, "workspace");
+  check_contiguous(args.workspace, "workspace");
+  check_writable(args.workspace, "workspace");
+  check_ndim(args.workspace, 2, "workspace");
+  WSSS_CHECK(args.n_iters >= 0, "n_iters must be >= 0, got ", args.n_iters);
+  WSSS_CHECK(args.n_kernels >= 0 && args.n_kernels <= kMaxKernels, "at most ", kMaxKernels, " kernels, got ",
+             args.n_kernels);
+  int dims[kMaxKernels] = {};
+  for (int k = 0; k < args.n_kernels; ++k) {
+    const MeanFieldKernel& kernel = args.kernels[k];
+    WSSS_CHECK(kernel.dims == kGaussianDims || kernel.dims == kBilateralDims, "kernel dims must be 2 or 5, got ",
+               kernel.dims);
+    WSSS_CHECK(std::isfinite(kernel.sxy) && kernel.sxy > 0, "sxy must be finite and > 0, got ", kernel.sxy);
+    WSSS_CHECK(kernel.dims == kGaussianDims || (std::isfinite(kernel.srgb) && kernel.srgb > 0),
+               "srgb must be finite and > 0, got ", kernel.srgb);
+    WSSS_CHECK(std::isfinite(kernel.weight), "kernel weight must be finite, got ", kernel.weight);
+    dims[k] = kernel.dims;
+  }
+  WSSS_CHECK(std::isfinite(args.identity_weight), "identity_weight must be finite, got ", args.identity_weight);
+  WSSS_CHECK(height * width * (kBilateralDims + 1) < kMaxIndex, "images of ", height, "x", width,
+             " are too large for one lattice");
+  const int64_t bytes = mean_field_workspace_bytes(height * width, n_labels, dims, args.n_kernels);
+  WSSS_CHECK(args.workspace.shape[0] > 0 && args.workspace.shape[1] >= bytes, "workspace must be [workers, >= ",
+             bytes, "], got ", args.workspace.describe());
+  mean_field_cpu(args);
+}
+
 }  // namespace wsss::dense_crf

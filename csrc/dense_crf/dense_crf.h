@@ -190,7 +190,8 @@ WSSS_HD bool same_key(const int32_t* a, const int32_t* b) {
 template <int D>
 WSSS_HD bool entry_has_key(const int32_t* simplex, int64_t entries_per_image, int64_t e, int64_t image,
                            const int32_t* key) {
-  if (e / entries_per_image != image) return false;
+  // A range test, not e / entries_per_image: no 64-bit division per probe.
+  if (e < image * entries_per_image || e >= (image + 1) * entries_per_image) return false;
   int32_t other[D];
   entry_key<D>(simplex, e, other);
   return same_key<D>(other, key);
@@ -295,12 +296,48 @@ void filter(const Lattice& lattice, int64_t vertices, const ArrayView& q, const 
 void softmax(const ArrayView& unary, const ArrayView& pairwise, const ArrayView& q, const ArrayView& q_out,
              uintptr_t stream);
 
+// ---------------------------------------------------------------------------
+// The whole mean field image by image (CPU only): the path for small images
+// (SEC/DSRG's 41 x 41 loss maps), where one image's lattice is too small to
+// split across threads. Each thread takes whole images and runs the same
+// build, link, filter and softmax code as above on a one-image lattice held
+// in its own slice of `workspace`, so a call has one parallel region instead
+// of one per stage, the working set of an image stays in cache, and results
+// are bit for bit those of the batched path.
+// ---------------------------------------------------------------------------
+constexpr int kMaxKernels = 2;
+
+struct MeanFieldKernel {
+  int dims = 0;  // 2 or 5
+  double sxy = 0, srgb = 0, weight = 0;
+};
+
+struct MeanFieldArgs {
+  ArrayView unary;      // [B, L, H, W] any float dtype
+  ArrayView image;      // [B, 3, H, W] uint8
+  ArrayView out;        // [B, L, H, W] float32: Q
+  ArrayView workspace;  // uint8 [workers, >= mean_field_workspace_bytes(...)], one row per thread
+  int n_iters = 0;
+  int n_kernels = 0;
+  MeanFieldKernel kernels[kMaxKernels];
+  // Weight of a kernel that is exactly the identity (Kn q = q): added as
+  // identity_weight * q to the pairwise term, no lattice built.
+  double identity_weight = 0;
+};
+
+// Bytes of one worker's workspace row for images of `pixels` pixels and
+// `n_labels` labels with lattices of the given dims.
+int64_t mean_field_workspace_bytes(int64_t pixels, int64_t n_labels, const int* dims, int n_kernels);
+// Checks, then runs (CPU arrays only).
+void mean_field(const MeanFieldArgs& args);
+
 // Backends (arguments already checked). Rows are `width` floats.
 int64_t build_vertices_cpu(Lattice& lattice, const ArrayView& image, double sxy, double srgb);
 void link_cpu(const Lattice& lattice, int64_t vertices, float* values_a, float* values_b);
 void filter_cpu(const Lattice& lattice, int64_t vertices, const float* q, float* out, int64_t width,
                 float coefficient, bool accumulate, float* values_a, float* values_b);
 void softmax_cpu(const ArrayView& unary, const float* pairwise, float* q, int64_t width, float* q_out);
+void mean_field_cpu(const MeanFieldArgs& args);
 #if defined(WSSS_WITH_CUDA)
 int64_t build_vertices_cuda(Lattice& lattice, const ArrayView& image, double sxy, double srgb, uintptr_t stream);
 int64_t scratch_bytes_cuda(int64_t vertices, int64_t entries);

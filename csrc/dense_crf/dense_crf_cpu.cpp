@@ -24,10 +24,32 @@ constexpr int64_t kBlock = 256;
 
 static_assert(sizeof(std::atomic<int32_t>) == sizeof(int32_t), "hash slots are updated in place as atomics");
 
+inline bool in_parallel_region() {
+#if defined(WSSS_WITH_OPENMP)
+  return omp_in_parallel() != 0;
+#else
+  return true;
+#endif
+}
+
+inline int thread_index() {
+#if defined(WSSS_WITH_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// Small loops, and every loop of the image-by-image path (already inside its
+// threads' region), run straight through: no team, no schedule, no barrier.
 template <class Body>
 void parallel_blocks(int64_t n, Body&& body) {
+  if (n <= kMinParallelItems || in_parallel_region()) {
+    if (n > 0) body(0, n);
+    return;
+  }
   const int64_t blocks = (n + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(dynamic, 4) if (n > kMinParallelItems)
+#pragma omp parallel for schedule(dynamic, 4)
   for (int64_t b = 0; b < blocks; ++b) body(b * kBlock, std::min(n, (b + 1) * kBlock));
 }
 
@@ -124,15 +146,20 @@ WSSS_CPU_VECTORIZED void splat_range(const Lattice& lat, int64_t v0, int64_t v1,
 }
 
 // One blur pass along one direction: out = in + (in[minus] + in[plus]) / 2.
+// A missing neighbour (-1) reads the centre row with weight 0 instead: no
+// branch to mispredict on sparse lattices, and the same sums (the rows are
+// finite, so centre + 0 * centre is centre exactly).
 WSSS_CPU_VECTORIZED void blur_range(const int32_t* neighbours, int64_t v0, int64_t v1, const float* in, float* out,
                                     int64_t width) {
   for (int64_t v = v0; v < v1; ++v) {
     const int32_t minus = neighbours[2 * v], plus = neighbours[2 * v + 1];
     float* dst = out + v * width;
     const float* centre = in + v * width;
-    for (int64_t l = 0; l < width; ++l) dst[l] = centre[l];
-    if (minus >= 0) axpy_row(dst, 0.5f, in + static_cast<int64_t>(minus) * width, width);
-    if (plus >= 0) axpy_row(dst, 0.5f, in + static_cast<int64_t>(plus) * width, width);
+    const float* a = minus >= 0 ? in + static_cast<int64_t>(minus) * width : centre;
+    const float* b = plus >= 0 ? in + static_cast<int64_t>(plus) * width : centre;
+    const float wa = minus >= 0 ? 0.5f : 0.f, wb = plus >= 0 ? 0.5f : 0.f;
+#pragma omp simd
+    for (int64_t l = 0; l < width; ++l) dst[l] = (centre[l] + wa * a[l]) + wb * b[l];
   }
 }
 
@@ -237,34 +264,227 @@ void link_impl(const Lattice& lat, int64_t vertices, float* values_a, float* val
   });
 }
 
-// Pixels [p0, p1) of one image. unary is label-major, so each block of
-// kSoftmaxBlock pixels is first transposed into rows: L contiguous reads
-// per block instead of one strided read per label and pixel.
+// Pixels [p0, p1) of one image, kSoftmaxBlock at a time. unary is
+// label-major, so a block's energies are L contiguous reads; the block is
+// held label-major (lanes = pixels) so that the max, the exps and the sum run
+// across pixels as whole vectors, label after label: the same operations in
+// the same order as mean_field_softmax(), pixel by pixel. The pairwise rows
+// are read, and q written, row by row.
 constexpr int64_t kSoftmaxBlock = 16;
 
+// block: n_labels x kSoftmaxBlock floats of scratch.
 template <class U>
 WSSS_CPU_VECTORIZED void softmax_range(const U* unary, int64_t n_labels, int64_t pixels, int64_t p0, int64_t p1,
-                                       const float* pairwise, float* q, int64_t width, float* q_out, float* energy) {
+                                       const float* pairwise, float* q, int64_t width, float* q_out, float* block) {
+  constexpr int64_t K = kSoftmaxBlock;
   const int64_t b = p0 / pixels;
   const U* image_unary = unary + b * n_labels * pixels;
   float* image_out = q_out ? q_out + b * n_labels * pixels : nullptr;
-  for (int64_t block = p0; block < p1; block += kSoftmaxBlock) {
-    const int64_t count = std::min(kSoftmaxBlock, p1 - block);
-    const int64_t i0 = block - b * pixels;
+  for (int64_t first = p0; first < p1; first += K) {
+    const int64_t count = std::min(K, p1 - first);
+    const int64_t i0 = first - b * pixels;
+    for (int64_t l = 0; l < n_labels; ++l) {
+      float* x = block + l * K;
+      for (int64_t k = 0; k < count; ++k) x[k] = -load_as<float>(image_unary, l * pixels + i0 + k);
+      for (int64_t k = count; k < K; ++k) x[k] = 0.f;  // lanes past the image: computed, not stored
+    }
+    if (pairwise)
+      for (int64_t k = 0; k < count; ++k) {
+        const float* row = pairwise + (first + k) * width;
+        for (int64_t l = 0; l < n_labels; ++l) block[l * K + k] += row[l];
+      }
+    float max[K], sum[K];
+    for (int64_t k = 0; k < K; ++k) max[k] = -INFINITY;
     for (int64_t l = 0; l < n_labels; ++l)
-      for (int64_t k = 0; k < count; ++k) energy[k * n_labels + l] = -load_as<float>(image_unary, l * pixels + i0 + k);
+#pragma omp simd
+      for (int64_t k = 0; k < K; ++k) max[k] = block[l * K + k] > max[k] ? block[l * K + k] : max[k];
+    for (int64_t k = 0; k < K; ++k) sum[k] = 0.f;
+    for (int64_t l = 0; l < n_labels; ++l)
+#pragma omp simd
+      for (int64_t k = 0; k < K; ++k) {
+        block[l * K + k] = exp_polynomial(block[l * K + k] - max[k]);
+        sum[k] += block[l * K + k];
+      }
+#pragma omp simd
+    for (int64_t k = 0; k < K; ++k) sum[k] = 1.f / sum[k];
+    for (int64_t l = 0; l < n_labels; ++l)
+#pragma omp simd
+      for (int64_t k = 0; k < K; ++k) block[l * K + k] *= sum[k];
     for (int64_t k = 0; k < count; ++k) {
-      const int64_t p = block + k;
-      mean_field_softmax(energy + k * n_labels, pairwise ? pairwise + p * width : nullptr, q + p * width, n_labels,
-                         width);
+      float* row = q + (first + k) * width;
+      for (int64_t l = 0; l < n_labels; ++l) row[l] = block[l * K + k];
+      for (int64_t l = n_labels; l < width; ++l) row[l] = 0.f;
     }
     if (image_out)
       for (int64_t l = 0; l < n_labels; ++l)
-        for (int64_t k = 0; k < count; ++k) image_out[l * pixels + i0 + k] = q[(block + k) * width + l];
+        for (int64_t k = 0; k < count; ++k) image_out[l * pixels + i0 + k] = block[l * K + k];
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The image-by-image mean field.
+// ---------------------------------------------------------------------------
+
+// Rows padded to whole 8-float vectors, as ops/dense_crf.py pads them.
+inline int64_t padded_width(int64_t n_labels) { return (n_labels + kLanes - 1) / kLanes * kLanes; }
+
+// The hash table of E entries: a power of two above 4E/3, as ops/dense_crf.py sizes it.
+inline int64_t slot_capacity(int64_t entries) {
+  int64_t capacity = 1;
+  while (capacity <= 4 * entries / 3) capacity <<= 1;
+  return capacity;
+}
+
+// Hands out 64-byte aligned pieces of one worker's workspace row; with a
+// null base it only adds up the bytes (mean_field_workspace_bytes).
+class Carver {
+ public:
+  explicit Carver(uint8_t* base) : base_(base) {}
+  template <class T>
+  T* take(int64_t count) {
+    offset_ = (offset_ + 63) / 64 * 64;
+    T* piece = base_ ? reinterpret_cast<T*>(base_ + offset_) : nullptr;
+    offset_ += count * static_cast<int64_t>(sizeof(T));
+    return piece;
+  }
+  int64_t bytes() const { return offset_; }
+
+ private:
+  uint8_t* base_;
+  int64_t offset_ = 0;
+};
+
+ArrayView cpu_view(void* data, DType dtype, std::vector<int64_t> shape) {
+  ArrayView view;
+  view.data = data;
+  view.dtype = dtype;
+  view.shape = std::move(shape);
+  return view;
+}
+
+// One worker's buffers: the rows of one image and its lattices. The hash
+// table and other build-only buffers are shared by the kernels (each is
+// linked before the next is built); vertex counts are bounded by the entry
+// counts, so every buffer is sized for the worst case once.
+struct ImageWorkspace {
+  float *q = nullptr, *pairwise = nullptr, *values_a = nullptr, *values_b = nullptr, *energy = nullptr;
+  Lattice lattices[kMaxKernels];
+};
+
+ImageWorkspace carve_workspace(uint8_t* base, int64_t height, int64_t width, int64_t n_labels, const int* dims,
+                               int n_kernels, int64_t* bytes) {
+  Carver carve(base);
+  ImageWorkspace ws;
+  const int64_t pixels = height * width, row = padded_width(n_labels);
+  int max_dims = 0;
+  for (int k = 0; k < n_kernels; ++k) max_dims = std::max(max_dims, dims[k]);
+  const int64_t max_entries = pixels * (max_dims + 1);
+  ws.q = carve.take<float>(pixels * row);
+  ws.pairwise = carve.take<float>(pixels * row);
+  ws.energy = carve.take<float>(kSoftmaxBlock * n_labels);
+  // link() filters a signal of ones through values_a/b before the rows do.
+  ws.values_a = carve.take<float>(max_entries * row);
+  ws.values_b = carve.take<float>(max_entries * row);
+  int32_t* simplex = carve.take<int32_t>(pixels * std::max(max_dims, 1));
+  int32_t* entry_rep = carve.take<int32_t>(max_entries);
+  int32_t* vertex_entry = carve.take<int32_t>(max_entries);
+  const int64_t capacity = slot_capacity(max_entries);
+  int32_t* slots = carve.take<int32_t>(capacity);
+  for (int k = 0; k < n_kernels; ++k) {
+    const int d = dims[k];
+    const int64_t entries = pixels * (d + 1);
+    Lattice& lat = ws.lattices[k];
+    lat.dims = d;
+    lat.images = 1;
+    lat.height = height;
+    lat.width = width;
+    lat.simplex = cpu_view(simplex, DType::kInt32, {pixels, d});
+    lat.entry_rep = cpu_view(entry_rep, DType::kInt32, {entries});
+    lat.vertex_entry = cpu_view(vertex_entry, DType::kInt32, {entries});
+    lat.slots = cpu_view(slots, DType::kInt32, {slot_capacity(entries)});
+    lat.weights = cpu_view(carve.take<float>(entries), DType::kFloat32, {entries});
+    lat.entry_vertex = cpu_view(carve.take<int32_t>(entries), DType::kInt32, {entries});
+    lat.neighbours = cpu_view(carve.take<int32_t>((d + 1) * entries * 2), DType::kInt32, {(d + 1) * entries * 2});
+    lat.splat_start = cpu_view(carve.take<int32_t>(entries + 1), DType::kInt32, {entries + 1});
+    lat.splat_pixels = cpu_view(carve.take<int32_t>(entries), DType::kInt32, {entries});
+    lat.splat_weights = cpu_view(carve.take<float>(entries), DType::kFloat32, {entries});
+    lat.norm = cpu_view(carve.take<float>(pixels), DType::kFloat32, {pixels});
+  }
+  if (bytes) *bytes = carve.bytes();
+  return ws;
+}
+
+// Image b from start to end, on the calling thread.
+template <class U>
+void mean_field_image(const MeanFieldArgs& args, int64_t b, ImageWorkspace& ws) {
+  const int64_t n_labels = args.unary.shape[1], height = args.unary.shape[2], width = args.unary.shape[3];
+  const int64_t pixels = height * width, row = padded_width(n_labels);
+  const U* unary = args.unary.as<U>() + b * n_labels * pixels;
+  const uint8_t* image = args.image.as<uint8_t>() + b * 3 * pixels;
+  float* out = args.out.as<float>() + b * n_labels * pixels;
+
+  int64_t vertices[kMaxKernels] = {};
+  for (int k = 0; k < args.n_kernels; ++k) {
+    Lattice& lat = ws.lattices[k];
+    const MeanFieldKernel& kernel = args.kernels[k];
+    dispatch_dims(lat.dims, [&](auto d) {
+      constexpr int D = decltype(d)::value;
+      vertices[k] = build_vertices_impl<D>(lat, image, kernel.sxy, kernel.srgb);
+      link_impl<D>(lat, vertices[k], ws.values_a, ws.values_b);
+      return 0;
+    });
+  }
+
+  const float identity = static_cast<float>(args.identity_weight);
+  softmax_range<U>(unary, n_labels, pixels, 0, pixels, nullptr, ws.q, row, args.n_iters == 0 ? out : nullptr,
+                   ws.energy);
+  for (int iteration = 0; iteration < args.n_iters; ++iteration) {
+    for (int k = 0; k < args.n_kernels; ++k) {
+      const Lattice& lat = ws.lattices[k];
+      const float weight = static_cast<float>(args.kernels[k].weight);
+      dispatch_dims(lat.dims, [&](auto d) {
+        filter_impl<decltype(d)::value>(lat, vertices[k], ws.q, lat.norm.as<float>(), ws.pairwise, row, weight,
+                                        k > 0, ws.values_a, ws.values_b);
+        return 0;
+      });
+    }
+    if (identity != 0.f || args.n_kernels == 0) {
+      const bool accumulate = args.n_kernels > 0;
+      for (int64_t i = 0; i < pixels * row; ++i)
+        ws.pairwise[i] = accumulate ? ws.pairwise[i] + identity * ws.q[i] : identity * ws.q[i];
+    }
+    const bool last = iteration == args.n_iters - 1;
+    softmax_range<U>(unary, n_labels, pixels, 0, pixels, ws.pairwise, ws.q, row, last ? out : nullptr, ws.energy);
   }
 }
 
 }  // namespace
+
+int64_t mean_field_workspace_bytes(int64_t pixels, int64_t n_labels, const int* dims, int n_kernels) {
+  int64_t bytes = 0;
+  carve_workspace(nullptr, pixels, 1, n_labels, dims, n_kernels, &bytes);
+  return bytes;
+}
+
+void mean_field_cpu(const MeanFieldArgs& args) {
+  const int64_t batch = args.unary.shape[0];
+  const int64_t workers = args.workspace.shape[0], row_bytes = args.workspace.shape[1];
+  int dims[kMaxKernels] = {};
+  for (int k = 0; k < args.n_kernels; ++k) dims[k] = args.kernels[k].dims;
+  uint8_t* base = args.workspace.as<uint8_t>();
+  dispatch_floating(args.unary.dtype, "unary", [&](auto tag) {
+    using U = decltype(tag);
+    // One region for the whole call; each thread owns workspace row
+    // thread_index() and takes whole images.
+#pragma omp parallel num_threads(static_cast<int>(std::min(workers, batch))) if (workers > 1 && batch > 1)
+    {
+      ImageWorkspace ws = carve_workspace(base + thread_index() * row_bytes, args.unary.shape[2],
+                                          args.unary.shape[3], args.unary.shape[1], dims, args.n_kernels, nullptr);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t b = 0; b < batch; ++b) mean_field_image<U>(args, b, ws);
+    }
+  });
+}
 
 int64_t build_vertices_cpu(Lattice& lattice, const ArrayView& image, double sxy, double srgb) {
   return dispatch_dims(lattice.dims, [&](auto d) {

@@ -20,6 +20,8 @@ O(N^2) for small images.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -36,6 +38,34 @@ _MAX_PIXELS = _MAX_ENTRIES // 6  # d = 5: six corners per pixel
 _MAX_FEATURE = 2**24  # scaled feature values stay exact-ish in float32 and far from int32 overflow
 # Pixels per kernel call on the CPU, where batches run a few images at a time.
 _CPU_CHUNK_PIXELS = 1 << 20
+# Images up to this many pixels run image by image on the CPU, each thread
+# taking whole images (SEC/DSRG's 41 x 41 loss maps, small crops): one such
+# image's lattice is too small to share out across threads.
+_CPU_IMAGE_PIXELS = 1 << 14
+
+
+def _lattice_is_identity(dims: int, sxy: float) -> bool:
+    """Whether the lattice filter of a kernel of spatial width ``sxy`` is
+    exactly the identity, ``Kn q = q``, on any image.
+
+    The embedding scales feature distances by ``(d + 1) sqrt(2/3)``, so two
+    pixels (at least one pixel apart) lie at least that over ``sxy`` apart on
+    the lattice's plane. A pixel writes only to the corners of its simplex
+    (within one simplex diameter ``sqrt(k (d + 1 - k) (d + 1))``, ``k = (d + 1) // 2``,
+    of it), the blur moves values only between existing vertices one step
+    ``sqrt(d (d + 1))`` apart, and a pixel reads only its own corners. When
+    pixels are more than two diameters and a step apart, no vertex is shared
+    and no blur edge joins two pixels' vertices: ``K`` is diagonal and
+    ``D^-1/2 K D^-1/2`` the identity. For the smoothness kernel (d = 2) that is
+    ``sxy < 1/3``: SEC/DSRG's ``3 / 12`` on 41 x 41 maps. pydensecrf's lattice
+    is the same (its message equals ``q`` to 1e-6 there); at ``sxy = 0.34`` it
+    no longer is. (A 2% margin keeps float rounding off the boundary.)
+    """
+    k = (dims + 1) // 2
+    diameter = math.sqrt(k * (dims + 1 - k) * (dims + 1))
+    step = math.sqrt(dims * (dims + 1))
+    spacing = (dims + 1) * math.sqrt(2.0 / 3.0) / sxy
+    return spacing > 1.02 * (2 * diameter + step)
 
 
 def _build_lattice(image: Tensor, dims: int, sxy: float, srgb: float, stream: int) -> tuple[dict, int]:
@@ -92,26 +122,53 @@ def _dense_crf(
 ) -> Tensor:
     """Mean-field on contiguous, checked inputs: unary [B, L, H, W], image [B, 3, H, W] uint8."""
     kernels = []  # (dims, sxy, srgb, weight) of the Gaussian kernels in use
-    if n_iters > 0 and gaussian_weight > 0:
-        kernels.append((2, gaussian_sxy, 0.0, gaussian_weight))
-    if n_iters > 0 and bilateral_weight > 0:
-        kernels.append((5, bilateral_sxy, bilateral_srgb, bilateral_weight))
+    identity_weight = 0.0  # total weight of the kernels that are the identity
+    for dims, sxy, srgb, weight in ((2, gaussian_sxy, 0.0, gaussian_weight),
+                                    (5, bilateral_sxy, bilateral_srgb, bilateral_weight)):
+        if n_iters == 0 or weight == 0:
+            continue
+        if _lattice_is_identity(dims, sxy):
+            identity_weight += weight
+        else:
+            kernels.append((dims, sxy, srgb, weight))
     batch, _, height, width = unary.shape
+    if not unary.is_cuda and height * width <= _CPU_IMAGE_PIXELS:
+        return _mean_field_by_image(unary, image, n_iters, kernels, identity_weight)
     chunk_pixels = _MAX_PIXELS if unary.is_cuda else _CPU_CHUNK_PIXELS
     if batch * height * width <= chunk_pixels:
-        return _mean_field(unary, image, n_iters, kernels)
+        return _mean_field(unary, image, n_iters, kernels, identity_weight)
     # On the CPU a whole batch gains nothing over a few images at a time (each
     # image is already spread over the threads) and would hold every image's
     # buffers at once; on CUDA only batches beyond int32 indexing are split.
     chunk = max(1, chunk_pixels // (height * width))
     return torch.cat(
-        [_mean_field(unary[i : i + chunk], image[i : i + chunk], n_iters, kernels) for i in range(0, batch, chunk)]
+        [
+            _mean_field(unary[i : i + chunk], image[i : i + chunk], n_iters, kernels, identity_weight)
+            for i in range(0, batch, chunk)
+        ]
     )
 
 
-def _mean_field(unary: Tensor, image: Tensor, n_iters: int, kernels: list[tuple[int, float, float, float]]) -> Tensor:
+def _mean_field_by_image(
+    unary: Tensor, image: Tensor, n_iters: int, kernels: list[tuple[int, float, float, float]], identity_weight: float
+) -> Tensor:
+    """The CPU's path for small images: one call, each thread running whole
+    images in its own row of the workspace (bit for bit the batched path's result)."""
+    batch, n_labels, height, width = unary.shape
+    out = torch.empty(unary.shape, dtype=torch.float32)
+    workers = max(1, min(batch, _C.cpu_max_threads()))
+    row_bytes = _C.dense_crf_workspace_bytes(height * width, n_labels, [dims for dims, *_ in kernels])
+    workspace = torch.empty((workers, row_bytes), dtype=torch.uint8)
+    _C.dense_crf_mean_field(unary, image, out, workspace, n_iters, kernels, identity_weight)
+    return out
+
+
+def _mean_field(
+    unary: Tensor, image: Tensor, n_iters: int, kernels: list[tuple[int, float, float, float]], identity_weight: float
+) -> Tensor:
     """Lattices of the batch, then n_iters of filter-and-softmax; q and the
-    pairwise term are pixel-major rows, the result [B, L, H, W]."""
+    pairwise term are pixel-major rows, the result [B, L, H, W]. Kernels that
+    are the identity add ``identity_weight * q`` to the pairwise term."""
     batch, n_labels, height, width = unary.shape
     stream = cuda_stream(unary)
     device = unary.device
@@ -119,7 +176,7 @@ def _mean_field(unary: Tensor, image: Tensor, n_iters: int, kernels: list[tuple[
     # Pixel-major rows; on the CPU padded to whole 8-float vectors.
     row = n_labels if unary.is_cuda else -(-n_labels // 8) * 8
     q = torch.empty((batch * height * width, row), dtype=torch.float32, device=device)
-    if not kernels:
+    if not kernels and identity_weight == 0:
         _C.dense_crf_softmax(unary, None, q, out, stream)
         return out
 
@@ -131,7 +188,7 @@ def _mean_field(unary: Tensor, image: Tensor, n_iters: int, kernels: list[tuple[
         ones_a = torch.empty(vertices, dtype=torch.float32, device=device)
         _link_lattice(lattice, vertices, ones_a, torch.empty_like(ones_a), stream)
         built.append(((lattice, vertices), weight))
-    max_vertices = max(vertices for (_, vertices), _ in built)
+    max_vertices = max((vertices for (_, vertices), _ in built), default=1)
     values_a = torch.empty(max_vertices * row, dtype=torch.float32, device=device)
     values_b = torch.empty_like(values_a)
 
@@ -140,6 +197,10 @@ def _mean_field(unary: Tensor, image: Tensor, n_iters: int, kernels: list[tuple[
     for iteration in range(n_iters):
         for k, ((lattice, vertices), weight) in enumerate(built):
             _C.dense_crf_filter(lattice, vertices, q, pairwise, weight, k > 0, values_a, values_b, stream)
+        if identity_weight and built:
+            pairwise.add_(q, alpha=identity_weight)
+        elif identity_weight:
+            torch.mul(q, identity_weight, out=pairwise)
         last = iteration == n_iters - 1
         _C.dense_crf_softmax(unary, pairwise, q, out if last else None, stream)
     return out
