@@ -32,8 +32,9 @@ def _tensor(value: object, name: str) -> Tensor:
     return value
 
 
-def check_images(images: object, name: str = "images") -> Tensor:
-    """B x 3 x H x W float RGB in [0, 1], finite, H and W >= 1."""
+def check_images(images: object, name: str = "images", *, values: bool = True) -> Tensor:
+    """B x 3 x H x W float RGB in [0, 1], finite, H and W >= 1 (``values=False``:
+    the kind and shape only, for a caller that checks the values of a smaller copy)."""
     images = _tensor(images, name)
     if images.dtype not in _FLOATS:
         raise TypeError(f"{name} must be float RGB in [0, 1] (B x 3 x H x W), got dtype {images.dtype}")
@@ -41,6 +42,8 @@ def check_images(images: object, name: str = "images") -> Tensor:
         raise ValueError(f"{name} must be B x 3 x H x W, got shape {tuple(images.shape)}")
     if images.numel() == 0:
         raise ValueError(f"{name} is empty: shape {tuple(images.shape)}")
+    if not values:
+        return images
     if not torch.isfinite(images).all():
         raise ValueError(f"{name} has NaN or infinite values")
     if images.min() < -1e-3 or images.max() > 1 + 1e-3:

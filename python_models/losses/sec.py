@@ -129,14 +129,21 @@ def expand_loss(probs: Tensor, labels: Tensor, fg_decay: float = 0.996, bg_decay
 
 
 def map_image(images: Tensor, size: tuple[int, int]) -> Tensor:
-    """Images B x 3 x H x W in [0, 1] downscaled to the probability map's ``size``
-    as SEC and DSRG do (``scipy.ndimage.zoom(order=1)``: bilinear with the corner
-    pixels aligned), rounded to uint8 for ``wsss_ext.dense_crf``."""
+    """Images B x 3 x H x W in [0, 1] (or uint8) downscaled to the probability
+    map's ``size`` as SEC and DSRG do (``scipy.ndimage.zoom(order=1)``: bilinear
+    with the corner pixels aligned), rounded to uint8 for ``wsss_ext.dense_crf``.
+
+    Float images have their values checked after the resize: those are the
+    pixels the CRF reads, and a 41 x 41 map costs a fraction of a 321 x 321 image."""
     if images.dtype == torch.uint8:
+        if tuple(images.shape[-2:]) == tuple(size):
+            return images
         images = images.float() / 255
+    else:
+        images = check_images(images, values=False).detach()
     if tuple(images.shape[-2:]) != tuple(size):
-        images = F.interpolate(images.detach().float(), size=tuple(size), mode="bilinear", align_corners=True)
-    return to_uint8(images)
+        images = F.interpolate(images.float(), size=tuple(size), mode="bilinear", align_corners=True)
+    return to_uint8(check_images(images))
 
 
 def _crf_target(probs: Tensor, images: Tensor, labels: Tensor | None, mask_absent: bool, min_prob: float,
@@ -144,7 +151,8 @@ def _crf_target(probs: Tensor, images: Tensor, labels: Tensor | None, mask_absen
     """Mean-field on ``energy(probs)`` (SEC: -log p, DSRG: -p), absent classes
     optionally barred, the output floored and renormalised, in ``probs``' dtype."""
     probs = check_probs(probs, "probs")
-    images = images if isinstance(images, Tensor) and images.dtype == torch.uint8 else check_images(images)
+    if not (isinstance(images, Tensor) and images.dtype == torch.uint8):
+        images = check_images(images, values=False)  # map_image checks the values it resizes to
     if images.shape[0] != probs.shape[0]:
         raise ValueError(f"images hold {images.shape[0]} images but probs {probs.shape[0]}")
     min_prob = check_real(min_prob, "min_prob")
