@@ -1,6 +1,7 @@
 """The kernels: one module per kernel, each a set of torch.library custom ops
 (checks, allocation, fake implementations) and the public function."""
 
+from wsss_ext.ops._checks import check_finite, get_check_finite, set_check_finite
 from wsss_ext.ops.correlation import correlation
 from wsss_ext.ops.dense_crf import dense_crf, unary_from_labels, unary_from_probs
 from wsss_ext.ops.fickle import expanded_dropout, fickle_conv2d, fickle_gradcam
@@ -22,12 +23,14 @@ __all__ = [
     "affinitynet_random_walk",
     "boundary_affinity",
     "cam_background",
+    "check_finite",
     "correlation",
     "dense_crf",
     "expanded_dropout",
     "feature_affinity",
     "fickle_conv2d",
     "fickle_gradcam",
+    "get_check_finite",
     "irnet_random_walk",
     "neighbour_offsets",
     "pamr",
@@ -35,6 +38,7 @@ __all__ = [
     "propagate_labels",
     "random_walk",
     "resize_image_to_mask",
+    "set_check_finite",
     "sinkhorn_knopp",
     "track_video",
     "unary_from_labels",

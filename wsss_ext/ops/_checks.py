@@ -1,11 +1,16 @@
 """Argument checks shared by the public functions. Each raises TypeError for
-the wrong kind of value and ValueError for a wrong value, naming the argument."""
+the wrong kind of value and ValueError for a wrong value, naming the argument.
+
+Also here: the finite-value checks and their switch (:func:`set_check_finite`),
+and :class:`FastCustomOp`, the custom-op wrapper that skips the dispatcher in
+plain eager calls."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterator, Sequence
 
 import torch
 
@@ -69,3 +74,231 @@ def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
 def cuda_stream(tensor: torch.Tensor) -> int:
     """The handle of the current stream on the tensor's device (0 on the CPU)."""
     return torch.cuda.current_stream(tensor.device).cuda_stream if tensor.is_cuda else 0
+
+
+# ---------------------------------------------------------------------------
+# Finite-value checks, without a host synchronisation
+# ---------------------------------------------------------------------------
+
+CHECK_FINITE_MODES = ("async", "sync", "off")
+_check_finite_mode = "async"
+
+
+def set_check_finite(mode: str) -> None:
+    """How wsss_ext's public functions refuse NaN and inf inputs (process-wide).
+
+    - ``"async"`` (the default): CPU tensors are checked on the spot and raise
+      the function's ``ValueError`` ("image contains NaN or inf", ...). CUDA
+      tensors get an asynchronous device-side assertion
+      (``torch._assert_async``): no host synchronisation; a non-finite input
+      fails at the next synchronisation as a CUDA device-side assert, after
+      which the CUDA context is unusable (as for an out-of-range index in
+      ``nll_loss``). Run again under ``"sync"`` to get the message.
+    - ``"sync"``: the ``ValueError`` on CUDA too, at one host synchronisation
+      per checked tensor (for debugging, like ``torch.autograd.set_detect_anomaly``).
+    - ``"off"``: no check (saves one pass over each input); non-finite
+      values propagate to the outputs.
+
+    In every mode the checks are left out of ``torch.compile`` and
+    ``torch.export`` graphs, which therefore hold no assertion and no
+    data-dependent branch: a compiled call with NaN input returns NaN.
+    """
+    global _check_finite_mode
+    if mode not in CHECK_FINITE_MODES:
+        raise ValueError(f"mode must be one of {CHECK_FINITE_MODES}, got {mode!r}")
+    _check_finite_mode = mode
+
+
+def get_check_finite() -> str:
+    """The current mode of :func:`set_check_finite`."""
+    return _check_finite_mode
+
+
+@contextlib.contextmanager
+def check_finite(mode: str) -> Iterator[None]:
+    """Context manager form of :func:`set_check_finite`; restores the previous mode on exit.
+
+    Example:
+        >>> import torch, wsss_ext
+        >>> with wsss_ext.check_finite("off"):
+        ...     codes = wsss_ext.sinkhorn_knopp(torch.randn(8, 4))
+    """
+    previous = _check_finite_mode
+    set_check_finite(mode)
+    try:
+        yield
+    finally:
+        set_check_finite(previous)
+
+
+def _unwrap_functorch(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor under functorch's wrappers (vmap's batched tensors, grad's wrappers)."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(tensor):
+        tensor = functorch.get_unwrapped(tensor)
+    return tensor
+
+
+def require_all(
+    tensor: torch.Tensor, predicate: Callable[[torch.Tensor], torch.Tensor], message: str | Callable[[], str]
+) -> None:
+    """Refuse ``tensor`` with ``ValueError(message)`` unless ``predicate(tensor)``
+    holds everywhere, as :func:`set_check_finite` says: on the spot for CPU
+    tensors, as an asynchronous device-side assertion (no host sync) for
+    CUDA tensors in the default mode, never under torch.compile / torch.export.
+    ``message`` may be a callable, called only to raise."""
+    mode = _check_finite_mode
+    if mode == "off" or torch.compiler.is_compiling():
+        return
+    tensor = _unwrap_functorch(tensor.detach())
+    if type(tensor) is not torch.Tensor:
+        return  # fake or functional tensors of a tracer: no values to read
+    if tensor.is_cuda and mode == "async":
+        torch._assert_async(predicate(tensor).all(), message if isinstance(message, str) else "wsss_ext input check")
+    elif not bool(predicate(tensor).all()):
+        raise ValueError(message if isinstance(message, str) else message())
+
+
+def require_finite(tensor: torch.Tensor, message: str) -> None:
+    """:func:`require_all` with ``torch.isfinite``: refuse NaN and inf."""
+    require_all(tensor, torch.isfinite, message)
+
+
+def refuse_under_compile(what: str, advice: str) -> None:
+    """A clear error for a host-dependent option inside torch.compile / torch.export."""
+    if torch.compiler.is_compiling():
+        raise RuntimeError(f"{what} needs values on the host and cannot be traced by torch.compile or "
+                           f"torch.export; {advice}")
+
+
+# ---------------------------------------------------------------------------
+# Custom ops that skip the dispatcher in plain eager calls
+# ---------------------------------------------------------------------------
+
+_FAST_PATH = True  # False: every call goes through the dispatcher (benchmarks/bench_dispatch.py compares)
+_is_compiling = torch.compiler.is_compiling
+_dispatch_stack_len = torch._C._len_torch_dispatch_stack
+_torch_function_mode = torch._C._is_torch_function_mode_enabled
+_functorch_stack = torch._C._functorch.peek_interpreter_stack
+_profiling = torch.autograd._profiler_enabled
+_infra_mode = torch._C._get_dispatch_mode
+_INFRA_KEYS = (
+    torch._C._TorchDispatchModeKey.FAKE,
+    torch._C._TorchDispatchModeKey.PROXY,
+    torch._C._TorchDispatchModeKey.FUNCTIONAL,
+)
+_Tensor = torch.Tensor
+
+
+def _plain_eager(args: Sequence[object], differentiable: bool) -> bool:
+    """Whether the op's implementation may run directly: plain tensors, no
+    tracer, mode, functorch transform or profiler, and (for an op with a
+    backward) nothing to differentiate."""
+    if (
+        not _FAST_PATH
+        or _is_compiling()
+        or _dispatch_stack_len()
+        or _torch_function_mode()
+        or _functorch_stack() is not None
+        or _profiling()
+    ):
+        return False
+    for key in _INFRA_KEYS:
+        if _infra_mode(key) is not None:
+            return False
+    grad = differentiable and torch.is_grad_enabled()
+    for arg in args:
+        if isinstance(arg, _Tensor) and (type(arg) is not _Tensor or (grad and arg.requires_grad)):
+            return False
+    return True
+
+
+class FastCustomOp:
+    """A ``torch.library.custom_op`` whose plain eager calls skip the dispatcher.
+
+    Calling it runs the implementation directly when nothing needs the
+    dispatcher (:func:`_plain_eager`), which saves ~10 us per call; anything
+    else (torch.compile, torch.export, fake tensors, vmap, autograd, modes,
+    the profiler) goes through the registered op, ``.op``.
+    """
+
+    def __init__(self, name: str, fn: Callable, *, differentiable: bool = False):
+        self.op = torch.library.custom_op(name, fn, mutates_args=())
+        self.impl = fn
+        self.differentiable = differentiable
+        self.__doc__ = fn.__doc__
+
+    def __call__(self, *args):
+        if _plain_eager(args, self.differentiable):
+            return self.impl(*args)
+        return self.op(*args)
+
+    def register_fake(self, fn: Callable) -> Callable:
+        return self.op.register_fake(fn)
+
+    def register_vmap(self, fn: Callable) -> Callable:
+        return self.op.register_vmap(fn)
+
+
+def fast_custom_op(name: str, *, differentiable: bool = False) -> Callable[[Callable], FastCustomOp]:
+    """Decorator form of :class:`FastCustomOp` (functional ops: ``mutates_args=()``)."""
+    return lambda fn: FastCustomOp(name, fn, differentiable=differentiable)
+
+
+# ---------------------------------------------------------------------------
+# torch.func.vmap rules of the custom ops
+# ---------------------------------------------------------------------------
+
+
+def vmap_by_loop(op: FastCustomOp) -> None:
+    """Register a vmap rule that calls the op once per mapped slice and stacks
+    the outputs (for ops with no batch dimension of their own: Sinkhorn)."""
+
+    def rule(info, in_dims, *args):
+        outputs = []
+        for index in range(info.batch_size):
+            sliced = [arg.select(dim, index) if dim is not None else arg for arg, dim in zip(args, in_dims)]
+            outputs.append(op.op(*sliced))
+        if isinstance(outputs[0], tuple):
+            stacked = tuple(torch.stack(parts) for parts in zip(*outputs))
+            return stacked, (0,) * len(stacked)
+        return torch.stack(outputs), 0
+
+    op.register_vmap(rule)
+
+
+def vmap_into_batch(op: FastCustomOp, shared: Collection[int] = ()) -> None:
+    """Register a vmap rule that folds the mapped dimension into the op's own
+    leading batch dimension: every tensor argument (but those at the indices
+    in ``shared``, which must not be mapped) and every output is B x ..., so
+    mapping over V gives one call on V B rows."""
+
+    def rule(info, in_dims, *args):
+        size = info.batch_size
+        merged = []
+        for index, (arg, dim) in enumerate(zip(args, in_dims)):
+            if index in shared:
+                if dim is not None:
+                    raise ValueError(f"{op.op._qualname}: argument {index} cannot be mapped by vmap")
+                merged.append(arg)
+            elif isinstance(arg, torch.Tensor):
+                arg = arg.movedim(dim, 0) if dim is not None else arg.unsqueeze(0).expand(size, *arg.shape)
+                merged.append(arg.reshape(size * arg.shape[1], *arg.shape[2:]))
+            else:
+                merged.append(arg)
+        outputs = op.op(*merged)
+        if isinstance(outputs, tuple):
+            split = tuple(out.view(size, -1, *out.shape[1:]) for out in outputs)
+            return split, (0,) * len(split)
+        return outputs.view(size, -1, *outputs.shape[1:]), 0
+
+    op.register_vmap(rule)
+
+
+def vmap_unsupported(op: FastCustomOp, function: str, advice: str) -> None:
+    """Register a vmap rule that raises a clear error naming the public function."""
+
+    def rule(info, in_dims, *args):
+        raise RuntimeError(f"{function} does not support torch.func.vmap: {advice}")
+
+    op.register_vmap(rule)

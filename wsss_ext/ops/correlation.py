@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from wsss_ext import _C
-from wsss_ext.ops._checks import check_int, check_tensor, cuda_stream
+from wsss_ext.ops._checks import check_int, check_tensor, cuda_stream, fast_custom_op, require_finite, vmap_into_batch
 
 __all__ = ["correlation"]
 
@@ -28,6 +28,10 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _pair(value: object, name: str, minimum: int) -> list[int]:
+    if type(value) is int:  # the common case, first
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        return [value, value]
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         values = [int(value), int(value)]
     elif isinstance(value, (tuple, list)) and len(value) == 2:
@@ -47,7 +51,7 @@ def _channels_last(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1).contiguous()
 
 
-@torch.library.custom_op("wsss_ext::correlation", mutates_args=())
+@fast_custom_op("wsss_ext::correlation", differentiable=True)
 def _correlation(in1: Tensor, in2: Tensor, sizes: list[int]) -> Tensor:
     """in1, in2 [B, C, H, W] of the compute dtype -> [B, pH, pW, oH, oW]."""
     batch, _, height, width = in1.shape
@@ -65,7 +69,7 @@ def _(in1, in2, sizes):
     return in1.new_empty((batch, ph, pw, _output_size(height, kh, sh, padh, dh), _output_size(width, kw, sw, padw, dw)))
 
 
-@torch.library.custom_op("wsss_ext::correlation_backward", mutates_args=())
+@fast_custom_op("wsss_ext::correlation_backward")
 def _correlation_backward(grad: Tensor, in1: Tensor, in2: Tensor, sizes: list[int]) -> tuple[Tensor, Tensor]:
     a, b = _channels_last(in1), _channels_last(in2)
     grad_a, grad_b = torch.empty_like(a), torch.empty_like(b)
@@ -92,6 +96,9 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("wsss_ext::correlation", _backward, setup_context=_setup)
+# vmap: the mapped dimension joins the batch (B x ...) of the inputs and outputs.
+vmap_into_batch(_correlation)
+vmap_into_batch(_correlation_backward)
 
 
 def correlation(
@@ -144,9 +151,8 @@ def correlation(
         raise ValueError(
             f"kernel_size {kernel} with dilation {dilations} and padding {pads} does not fit a {height}x{width} input"
         )
-    for name, tensor in (("input1", input1), ("input2", input2)):
-        if not bool(torch.isfinite(tensor.detach()).all()):
-            raise ValueError(f"{name} contains NaN or inf")
+    require_finite(input1, "input1 contains NaN or inf")
+    require_finite(input2, "input2 contains NaN or inf")
     dtype = torch.float64 if torch.float64 in (input1.dtype, input2.dtype) else torch.float32
     sizes = kernel + patch + strides + pads + dilations + patch_dilations
     if input1.numel() == 0:

@@ -26,7 +26,16 @@ import torch
 from torch import Tensor
 
 from wsss_ext import _C
-from wsss_ext.ops._checks import check_int, check_real, check_tensor, cuda_stream
+from wsss_ext.ops._checks import (
+    check_int,
+    check_real,
+    check_tensor,
+    cuda_stream,
+    fast_custom_op,
+    require_all,
+    require_finite,
+    vmap_into_batch,
+)
 
 __all__ = ["dense_crf", "unary_from_labels", "unary_from_probs"]
 
@@ -109,7 +118,7 @@ def _link_lattice(lattice: dict, vertices: int, values_a: Tensor, values_b: Tens
         del lattice[build_only]
 
 
-@torch.library.custom_op("wsss_ext::dense_crf", mutates_args=())
+@fast_custom_op("wsss_ext::dense_crf")
 def _dense_crf(
     unary: Tensor,
     image: Tensor,
@@ -209,6 +218,10 @@ def _mean_field(
 @_dense_crf.register_fake
 def _(unary, image, n_iters, gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_srgb, bilateral_weight):
     return unary.new_empty(unary.shape, dtype=torch.float32)
+
+
+# vmap: the mapped dimension joins the batch of images.
+vmap_into_batch(_dense_crf)
 
 
 def dense_crf(
@@ -312,8 +325,7 @@ def dense_crf(
     if unary.numel() == 0:
         result = unary.new_empty(unary.shape, dtype=torch.float32)
     else:
-        if not torch.isfinite(unary).all():
-            raise ValueError("unary has NaN or infinite energies; clip probabilities first (unary_from_probs does)")
+        require_finite(unary, "unary has NaN or infinite energies; clip probabilities first (unary_from_probs does)")
         result = _dense_crf(
             unary.contiguous(),
             image.contiguous(),
@@ -341,9 +353,9 @@ def unary_from_probs(probs: Tensor, clip: float = 1e-5) -> Tensor:
     clip = check_real(clip, "clip", positive=True)
     if clip > 1:
         raise ValueError(f"clip must be in (0, 1], got {clip}")
-    if torch.isnan(probs).any():
-        raise ValueError("probs contains NaN")
-    return -torch.log(probs.clamp(clip, 1.0))
+    clamped = probs.clamp(clip, 1.0)  # NaN stays NaN: the only non-finite value left to refuse
+    require_finite(clamped, "probs contains NaN")
+    return -torch.log(clamped)
 
 
 def unary_from_labels(labels: Tensor, n_labels: int, gt_prob: float = 0.7, ignore_index: int | None = None) -> Tensor:
@@ -377,14 +389,17 @@ def unary_from_labels(labels: Tensor, n_labels: int, gt_prob: float = 0.7, ignor
         ignore_index = check_int(ignore_index, "ignore_index")
     labels = labels.long()
     unsure = labels == ignore_index if ignore_index is not None else torch.zeros_like(labels, dtype=torch.bool)
-    sure = labels[~unsure]
-    if sure.numel() and (sure.min() < 0 or sure.max() >= n_labels):
-        raise ValueError(
-            f"labels must be in [0, {n_labels}) or equal ignore_index={ignore_index}; "
-            f"found values in [{int(sure.min())}, {int(sure.max())}]"
-        )
-    others = torch.tensor((1.0 - gt_prob) / max(n_labels - 1, 1)).log().neg().item()
-    energies = torch.full((*labels.shape, n_labels), others, dtype=torch.float32, device=labels.device)
-    energies.scatter_(-1, labels.clamp(0, n_labels - 1).unsqueeze(-1), -torch.tensor(gt_prob).log().item())
-    energies[unsure] = torch.tensor(float(n_labels)).log().item()
+    in_range = ((labels >= 0) & (labels < n_labels)) | unsure
+
+    def out_of_range() -> str:
+        sure = labels[~unsure]
+        return (f"labels must be in [0, {n_labels}) or equal ignore_index={ignore_index}; "
+                f"found values in [{int(sure.min())}, {int(sure.max())}]")
+
+    require_all(in_range, lambda ok: ok, out_of_range)
+    # Energies as float32 constants (no tensor round trip: nothing to read back from a device).
+    sure_energy, other_energy = -math.log(gt_prob), -math.log((1.0 - gt_prob) / max(n_labels - 1, 1))
+    classes = torch.arange(n_labels, device=labels.device)
+    energies = torch.where(labels.unsqueeze(-1) == classes, sure_energy, other_energy).to(torch.float32)
+    energies = torch.where(unsure.unsqueeze(-1), math.log(n_labels), energies).to(torch.float32)
     return energies.movedim(-1, -3).contiguous()

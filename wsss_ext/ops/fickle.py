@@ -36,7 +36,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wsss_ext import _C
-from wsss_ext.ops._checks import check_int, check_real, check_tensor, cuda_stream
+from wsss_ext.ops._checks import (
+    check_int,
+    check_real,
+    check_tensor,
+    cuda_stream,
+    fast_custom_op,
+    refuse_under_compile,
+    require_finite,
+    vmap_unsupported,
+)
 
 __all__ = ["expanded_dropout", "fickle_conv2d", "fickle_gradcam"]
 
@@ -50,6 +59,8 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
 
 def _check_seed(seed: object) -> int:
     if seed is None:
+        refuse_under_compile("a FickleNet op with seed=None (a seed drawn from torch's generator)",
+                             "pass seed= explicitly (a Python int, e.g. one drawn per step outside the compiled region)")
         # Drawn from torch's default generator, so torch.manual_seed makes runs repeat.
         return int(torch.randint(0, _MAX_SEED - 1, (1,), dtype=torch.int64).item())
     seed = check_int(seed, "seed", minimum=0)
@@ -74,8 +85,7 @@ def _check_kernel_size(kernel_size: object) -> int:
 
 def _check_features(x: object) -> Tensor:
     x = check_tensor(x, "x", ndim=4, layout="B x C x H x W", dtypes=_FLOAT_DTYPES)
-    if not bool(torch.isfinite(x.detach()).all()):
-        raise ValueError("x contains NaN or inf")
+    require_finite(x, "x contains NaN or inf")
     return x
 
 
@@ -93,7 +103,7 @@ def _drop_threshold(p: float) -> int:
 # ---------------------------------------------------------------------------
 
 
-@torch.library.custom_op("wsss_ext::fickle_mask_bits", mutates_args=())
+@fast_custom_op("wsss_ext::fickle_mask_bits")
 def _mask_bits(x: Tensor, seed: int, kernel_size: int, drop_threshold: int, rows: int, first_row: int) -> Tensor:
     """[rows, C, H, W] int32 keep bits (bit t: tap t kept) of selection rows first_row ..."""
     bits = torch.empty((rows, *x.shape[1:]), dtype=torch.int32, device=x.device)
@@ -106,7 +116,20 @@ def _(x, seed, kernel_size, drop_threshold, rows, first_row):
     return x.new_empty((rows, *x.shape[1:]), dtype=torch.int32)
 
 
-@torch.library.custom_op("wsss_ext::fickle_masked_tap", mutates_args=())
+@fast_custom_op("wsss_ext::fickle_mask_counts")
+def _mask_counts(bits: Tensor, kernel_size: int, keep_scale: float, dtype: torch.dtype) -> Tensor:
+    """[R, C, k*k]: per row, channel and tap, the (scaled) count of kept units whose tap lies inside the map."""
+    rows = torch.empty((bits.shape[0], bits.shape[1], kernel_size * kernel_size), dtype=dtype, device=bits.device)
+    _C.fickle_mask_counts(bits, rows, kernel_size, keep_scale, cuda_stream(bits))
+    return rows
+
+
+@_mask_counts.register_fake
+def _(bits, kernel_size, keep_scale, dtype):
+    return bits.new_empty((bits.shape[0], bits.shape[1], kernel_size * kernel_size), dtype=dtype)
+
+
+@fast_custom_op("wsss_ext::fickle_masked_tap", differentiable=True)
 def _masked_tap(x: Tensor, bits: Tensor, kernel_size: int, keep_scale: float, tap: int) -> Tensor:
     """[R, C, H, W]: the kept units of one tap (row r from image r % B)."""
     out = x.new_empty(bits.shape)
@@ -119,7 +142,7 @@ def _(x, bits, kernel_size, keep_scale, tap):
     return x.new_empty(bits.shape)
 
 
-@torch.library.custom_op("wsss_ext::fickle_masked_tap_transpose", mutates_args=())
+@fast_custom_op("wsss_ext::fickle_masked_tap_transpose")
 def _masked_tap_transpose(grad: Tensor, bits: Tensor, kernel_size: int, keep_scale: float, tap: int,
                           batch: int) -> Tensor:
     """The adjoint of _masked_tap: [batch, C, H, W] from grad [R, C, H, W]."""
@@ -147,7 +170,7 @@ def _masked_tap_backward(ctx, grad):
 torch.library.register_autograd("wsss_ext::fickle_masked_tap", _masked_tap_backward, setup_context=_masked_tap_setup)
 
 
-@torch.library.custom_op("wsss_ext::fickle_conv2d", mutates_args=())
+@fast_custom_op("wsss_ext::fickle_conv2d", differentiable=True)
 def _fickle_conv(x: Tensor, weight: Tensor, bias: Tensor | None, bits: Tensor, keep_scale: float) -> Tensor:
     """[R, O, H, W]: the sum over taps of weight[:, :, tap] @ (kept units of the tap)."""
     batch, channels, height, width = x.shape
@@ -168,7 +191,7 @@ def _(x, weight, bias, bits, keep_scale):
     return x.new_empty((bits.shape[0], weight.shape[0], *x.shape[2:]))
 
 
-@torch.library.custom_op("wsss_ext::fickle_conv2d_backward", mutates_args=())
+@fast_custom_op("wsss_ext::fickle_conv2d_backward")
 def _fickle_conv_backward(grad: Tensor, x: Tensor, weight: Tensor, bits: Tensor,
                           keep_scale: float) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of x, weight and bias; each tap's units are recomputed from the bits, not stored."""
@@ -205,6 +228,13 @@ def _fickle_conv_grad(ctx, grad):
 
 
 torch.library.register_autograd("wsss_ext::fickle_conv2d", _fickle_conv_grad, setup_context=_fickle_conv_setup)
+
+# The selection rows (row s * B + b) and the seed's stream are defined over the
+# op's own batch, so a mapped dimension has no meaning of its own.
+for _op in (_mask_bits, _mask_counts, _masked_tap, _masked_tap_transpose, _fickle_conv, _fickle_conv_backward):
+    vmap_unsupported(_op, "wsss_ext's FickleNet ops (fickle_conv2d, expanded_dropout, fickle_gradcam)",
+                     "they are batched already (B x C x H x W, with n_samples selections per image); "
+                     "stack the inputs along the batch dimension instead of mapping over them")
 
 
 # ---------------------------------------------------------------------------
@@ -388,7 +418,7 @@ def fickle_gradcam(
     dtype = _compute_dtype(x, weight)
     features = x.detach().to(dtype).reshape(batch, channels, height * width)
     taps = weight.detach().to(dtype).flatten(2)  # [O, C, T]
-    scale, threshold_bits, stream = _keep_scale(p, rescale), _drop_threshold(p), cuda_stream(x)
+    scale, threshold_bits = _keep_scale(p, rescale), _drop_threshold(p)
     source = x.detach().to(dtype).contiguous()
     sums = torch.zeros(batch, classes, height * width, dtype=dtype, device=x.device)
     hits = torch.zeros(batch, classes, height * width, dtype=torch.bool, device=x.device)
@@ -397,8 +427,7 @@ def fickle_gradcam(
         # Rows first B .. of the n_samples B selections: the masks of
         # fickle_conv2d(n_samples=n_samples, seed=seed), whatever the chunking.
         bits = _mask_bits(source, seed, kernel_size, threshold_bits, count * batch, first * batch)
-        rows = torch.empty(count * batch, channels, kernel_size * kernel_size, dtype=dtype, device=x.device)
-        _C.fickle_mask_counts(bits, rows, kernel_size, scale, stream)
+        rows = _mask_counts(bits, kernel_size, scale, dtype)
         del bits
         alpha = torch.einsum("oct,rct->roc", taps, rows) / float(height * width) ** 2  # [count B, O, C]
         cams = torch.relu(torch.matmul(alpha.view(count, batch, classes, channels), features))  # [count, B, O, HW]

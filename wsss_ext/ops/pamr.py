@@ -29,7 +29,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wsss_ext import _C
-from wsss_ext.ops._checks import check_int, check_real, check_tensor, cuda_stream
+from wsss_ext.ops._checks import (
+    check_int,
+    check_real,
+    check_tensor,
+    cuda_stream,
+    fast_custom_op,
+    require_finite,
+    vmap_into_batch,
+)
 
 __all__ = ["pamr", "pamr_affinity", "resize_image_to_mask"]
 
@@ -48,7 +56,7 @@ def _compute_dtype(tensor: Tensor) -> torch.dtype:
 # ---------------------------------------------------------------------------
 
 
-@torch.library.custom_op("wsss_ext::pamr_affinity", mutates_args=())
+@fast_custom_op("wsss_ext::pamr_affinity")
 def _affinity(image: Tensor, dilations: list[int], sigma: float) -> Tensor:
     """Softmax weights [B, 8 * len(dilations), H, W] of image [B, Ci, H, W]."""
     batch, _, height, width = image.shape
@@ -65,7 +73,7 @@ def _(image, dilations, sigma):
     return image.new_empty((batch, 8 * len(dilations), height, width), dtype=_compute_dtype(image))
 
 
-@torch.library.custom_op("wsss_ext::pamr_propagate", mutates_args=())
+@fast_custom_op("wsss_ext::pamr_propagate", differentiable=True)
 def _propagate(weights: Tensor, mask: Tensor, dilations: list[int], n_iters: int, transpose: bool) -> Tensor:
     """n_iters steps of P (or of its transpose) on mask [B, C, H, W] of the weights' dtype."""
     if n_iters == 0:
@@ -102,6 +110,9 @@ def _propagate_backward(ctx, grad):
 torch.library.register_autograd(
     "wsss_ext::pamr_propagate", _propagate_backward, setup_context=_propagate_setup_context
 )
+# vmap: the mapped dimension joins the batch (B x ...) of every input and output.
+vmap_into_batch(_affinity)
+vmap_into_batch(_propagate)
 
 
 # ---------------------------------------------------------------------------
@@ -129,8 +140,7 @@ def _check_image(image: object) -> Tensor:
         raise ValueError(f"image must be 4-D (B x Ci x H x W), or 3-D for one image; got shape {tuple(image.shape)}")
     if image.shape[1] == 0:
         raise ValueError(f"image must have at least one channel, got shape {tuple(image.shape)}")
-    if not bool(torch.isfinite(image).all()):
-        raise ValueError("image contains NaN or inf")
+    require_finite(image, "image contains NaN or inf")
     return image
 
 
@@ -235,8 +245,7 @@ def pamr(
             f"image {tuple(image.shape)} and mask {tuple(mask.shape)} must have the same batch size and H x W; "
             "resize the image with wsss_ext.resize_image_to_mask"
         )
-    if not bool(torch.isfinite(mask.detach()).all()):
-        raise ValueError("mask contains NaN or inf")
+    require_finite(mask, "mask contains NaN or inf")
 
     dtype = _compute_dtype(mask)
     if mask.numel() == 0 or n_iters == 0:

@@ -22,7 +22,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wsss_ext import _C
-from wsss_ext.ops._checks import check_int, check_real, check_tensor, cuda_stream
+from wsss_ext.ops._checks import (
+    check_int,
+    check_real,
+    check_tensor,
+    cuda_stream,
+    fast_custom_op,
+    require_all,
+    require_finite,
+    vmap_into_batch,
+)
 
 __all__ = ["propagate_labels", "track_video"]
 
@@ -36,7 +45,7 @@ def _last(x: Tensor) -> Tensor:
     return x.movedim(-3, -1).contiguous()
 
 
-@torch.library.custom_op("wsss_ext::propagate_labels", mutates_args=())
+@fast_custom_op("wsss_ext::propagate_labels", differentiable=True)
 def _propagate(query: Tensor, keys: Tensor, values: Tensor, radius: int, inv_temperature: float,
                topk: int) -> tuple[Tensor, Tensor, Tensor]:
     """out [B, L, H, W], lse [B, H, W] and top-k indices [B, H, W, max(topk, 1)]."""
@@ -59,7 +68,7 @@ def _(query, keys, values, radius, inv_temperature, topk):
             query.new_empty((batch, height, width, max(topk, 1)), dtype=torch.int32))
 
 
-@torch.library.custom_op("wsss_ext::propagate_labels_backward", mutates_args=())
+@fast_custom_op("wsss_ext::propagate_labels_backward")
 def _propagate_backward(grad: Tensor, out: Tensor, lse: Tensor, index: Tensor, query: Tensor, keys: Tensor,
                         values: Tensor, radius: int, inv_temperature: float,
                         topk: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -91,6 +100,9 @@ def _backward(ctx, grad, grad_lse, grad_index):
 
 
 torch.library.register_autograd("wsss_ext::propagate_labels", _backward, setup_context=_setup)
+# vmap: the mapped dimension joins the batch (B x ...) of every input and output.
+vmap_into_batch(_propagate)
+vmap_into_batch(_propagate_backward)
 
 
 def propagate_labels(
@@ -153,8 +165,7 @@ def propagate_labels(
             raise ValueError(f"topk must be at most the {candidates} candidates of the window (and at most "
                              f"{_MAX_TOPK}), got {topk}")
     for name, tensor in (("query", query), ("keys", keys), ("values", values)):
-        if not bool(torch.isfinite(tensor.detach()).all()):
-            raise ValueError(f"{name} contains NaN or inf")
+        require_finite(tensor, f"{name} contains NaN or inf")
     dtype = torch.float64 if torch.float64 in (query.dtype, keys.dtype, values.dtype) else torch.float32
     query, keys, values = query.to(dtype), keys.to(dtype), values.to(dtype)
     if normalize:
@@ -190,7 +201,8 @@ def track_video(
         first_labels: H x W integer label map of frame 0 (0 = background,
             objects 1..), at any resolution; it is one-hot encoded and
             resized to h x w (bilinear on the one-hot maps).
-        n_labels: labels in the video (default: the first frame's maximum + 1).
+        n_labels: labels in the video (default: the first frame's maximum + 1,
+            read back from the device: pass it to avoid that sync).
         radius, temperature, topk, normalize: as in :func:`propagate_labels`.
         n_recent: recent frames kept besides the first.
         size: output H x W (default: first_labels' size).
@@ -214,11 +226,14 @@ def track_video(
         if frame.shape != frames[0].shape:
             raise ValueError(f"features[{index}] has shape {tuple(frame.shape)}, frame 0 {tuple(frames[0].shape)}")
     first_labels = check_tensor(first_labels, "first_labels", ndim=2, layout="H x W")
-    if first_labels.dtype.is_floating_point or first_labels.dtype == torch.bool or int(first_labels.min()) < 0:
+    if first_labels.dtype.is_floating_point or first_labels.dtype == torch.bool:
         raise ValueError("first_labels must be a map of non-negative integer labels")
-    n_labels = int(first_labels.max()) + 1 if n_labels is None else check_int(n_labels, "n_labels", minimum=1)
-    if int(first_labels.max()) >= n_labels:
-        raise ValueError(f"first_labels holds label {int(first_labels.max())} but n_labels is {n_labels}")
+    require_all(first_labels, lambda labels: labels >= 0, "first_labels must be a map of non-negative integer labels")
+    if n_labels is None:  # a host value: one sync on CUDA (pass n_labels to avoid it)
+        n_labels = int(first_labels.max()) + 1
+    n_labels = check_int(n_labels, "n_labels", minimum=1)
+    require_all(first_labels, lambda labels: labels < n_labels,
+                lambda: f"first_labels holds label {int(first_labels.max())} but n_labels is {n_labels}")
     n_recent = check_int(n_recent, "n_recent", minimum=0)
     size = tuple(first_labels.shape) if size is None else tuple(check_int(s, "size[]", minimum=1) for s in size)
     device, height, width = frames[0].device, *frames[0].shape[1:]

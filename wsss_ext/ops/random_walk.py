@@ -24,7 +24,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wsss_ext import _C
-from wsss_ext.ops._checks import check_int, check_real, check_tensor, cuda_stream
+from wsss_ext.ops._checks import (
+    check_int,
+    check_real,
+    check_tensor,
+    cuda_stream,
+    fast_custom_op,
+    require_all,
+    require_finite,
+    vmap_into_batch,
+)
 
 __all__ = [
     "affinitynet_random_walk",
@@ -83,9 +92,27 @@ def neighbour_offsets(radius: int = 5) -> Tensor:
     return torch.tensor(_offsets(_check_radius(radius)), dtype=torch.int64)
 
 
+_DEVICE_OFFSETS: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+
+
+def _device_offsets(radius: int, device: torch.device, dtype: torch.dtype = torch.int64) -> Tensor:
+    """:func:`neighbour_offsets` on ``device``, cached: after the first call no
+    copy; on CUDA the one copy is asynchronous (from pinned memory), no host sync."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(_offsets(radius), dtype=dtype, device=device)
+    key = (radius, device, dtype)
+    offsets = _DEVICE_OFFSETS.get(key)
+    if offsets is None:
+        offsets = torch.tensor(_offsets(radius), dtype=dtype)
+        if device.type == "cuda":
+            offsets = offsets.pin_memory().to(device, non_blocking=True)
+        _DEVICE_OFFSETS[key] = offsets
+    return offsets
+
+
 def _valid_taps(radius: int, height: int, width: int, device: torch.device) -> Tensor:
     """[T, H, W] bool: does tap t of pixel (y, x) fall inside the map?"""
-    offsets = neighbour_offsets(radius).to(device)
+    offsets = _device_offsets(radius, device)
     rows = torch.arange(height, device=device).view(1, height, 1) + offsets[:, 0].view(-1, 1, 1)
     cols = torch.arange(width, device=device).view(1, 1, width) + offsets[:, 1].view(-1, 1, 1)
     return (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
@@ -105,8 +132,7 @@ def _shift_reader(x: Tensor, radius: int, fill: float):
 
 def _check_map(value: object, name: str, layout: str) -> Tensor:
     tensor = check_tensor(value, name, ndim=4, layout=layout, dtypes=_FLOAT_DTYPES)
-    if not bool(torch.isfinite(tensor.detach()).all()):
-        raise ValueError(f"{name} contains NaN or inf")
+    require_finite(tensor, f"{name} contains NaN or inf")
     return tensor
 
 
@@ -180,8 +206,7 @@ def boundary_affinity(boundary: Tensor, radius: int = 5) -> Tensor:
     boundary = _check_map(boundary, "boundary", "B x 1 x H x W")
     if boundary.shape[1] != 1:
         raise ValueError(f"boundary must have one channel, got shape {tuple(boundary.shape)}")
-    if bool((boundary.detach() < 0).any()) or bool((boundary.detach() > 1).any()):
-        raise ValueError("boundary must hold probabilities in [0, 1]")
+    require_all(boundary, lambda b: (b >= 0) & (b <= 1), "boundary must hold probabilities in [0, 1]")
     read = _shift_reader(boundary[:, 0], radius, 1.0)
     valid = _valid_taps(radius, *boundary.shape[-2:], boundary.device)
     taps = []
@@ -211,7 +236,7 @@ def _steps(weights: Tensor, x: Tensor, offsets: Tensor, n_steps: int, halo: int,
     return current
 
 
-@torch.library.custom_op("wsss_ext::random_walk", mutates_args=())
+@fast_custom_op("wsss_ext::random_walk", differentiable=True)
 def _walk(weights: Tensor, x: Tensor, offsets: Tensor, n_steps: int, halo: int, transpose: bool) -> Tensor:
     """n_steps of the walk with normalised weights [B, T, H, W] on x [B, C, H, W]."""
     if n_steps == 0:
@@ -230,7 +255,7 @@ def _walk_setup_context(ctx, inputs, output):
     ctx.n_steps, ctx.halo, ctx.transpose = n_steps, halo, transpose
 
 
-@torch.library.custom_op("wsss_ext::random_walk_backward", mutates_args=())
+@fast_custom_op("wsss_ext::random_walk_backward")
 def _walk_backward_both(
     weights: Tensor, x: Tensor, offsets: Tensor, grad: Tensor, n_steps: int, halo: int, transpose: bool
 ) -> tuple[Tensor, Tensor]:
@@ -274,6 +299,9 @@ def _walk_backward(ctx, grad):
 
 
 torch.library.register_autograd("wsss_ext::random_walk", _walk_backward, setup_context=_walk_setup_context)
+# vmap: the mapped dimension joins the batch (B x ...) of the maps; the offsets are shared.
+vmap_into_batch(_walk, shared=(2,))
+vmap_into_batch(_walk_backward_both, shared=(2,))
 
 
 def _transition_weights(affinity: Tensor, radius: int, beta: float) -> Tensor:
@@ -341,13 +369,12 @@ def random_walk(x: Tensor, affinity: Tensor, beta: float = 8.0, n_steps: int = 2
             f"affinity has {affinity.shape[1]} taps, which is no neighbourhood's tap count "
             f"(radius 5: 69; see wsss_ext.neighbour_offsets)"
         )
-    if bool((affinity.detach() < 0).any()):
-        raise ValueError("affinity must be non-negative")
+    require_all(affinity, lambda a: a >= 0, "affinity must be non-negative")
     dtype = torch.float64 if torch.float64 in (x.dtype, affinity.dtype) else torch.float32
     if x.numel() == 0 or n_steps == 0:
         return x.clone()
     weights = _transition_weights(affinity.to(dtype), radius, beta).contiguous()
-    offsets = neighbour_offsets(radius).to(device=x.device, dtype=torch.int32)
+    offsets = _device_offsets(radius, x.device, torch.int32)
     return _walk(weights, x.to(dtype).contiguous(), offsets, n_steps, radius - 1, False).to(x.dtype)
 
 

@@ -26,7 +26,16 @@ import torch
 from torch import Tensor
 
 from wsss_ext import _C
-from wsss_ext.ops._checks import check_int, check_real, check_tensor, cuda_stream
+from wsss_ext.ops._checks import (
+    check_int,
+    check_real,
+    check_tensor,
+    cuda_stream,
+    fast_custom_op,
+    refuse_under_compile,
+    require_finite,
+    vmap_by_loop,
+)
 
 __all__ = ["sinkhorn_knopp"]
 
@@ -54,14 +63,14 @@ def _run_step(scores: Tensor, f: Tensor, g: Tensor, inv_eps: float, log_n: float
     return col_max, col_sumexp
 
 
-@torch.library.custom_op("wsss_ext::sinkhorn_column_stats", mutates_args=())
+@fast_custom_op("wsss_ext::sinkhorn_column_stats")
 def _column_stats(scores: Tensor, g: Tensor, inv_eps: float) -> tuple[Tensor, Tensor]:
     """(max_i, sum_i exp(. - max)) of scores/eps + g over samples, per prototype."""
     unused_f = g.new_zeros(scores.shape[1])  # f is not read when g is given
     return _run_step(scores, unused_f, g, inv_eps, 0.0, False)
 
 
-@torch.library.custom_op("wsss_ext::sinkhorn_balance_samples", mutates_args=())
+@fast_custom_op("wsss_ext::sinkhorn_balance_samples")
 def _balance_samples(scores: Tensor, f: Tensor, inv_eps: float, log_n: float) -> tuple[Tensor, Tensor, Tensor]:
     """g = -log_n - LSE_k(scores/eps + f), then the column statistics of scores/eps + g."""
     g = torch.empty(scores.shape[0], dtype=f.dtype, device=f.device)
@@ -69,7 +78,7 @@ def _balance_samples(scores: Tensor, f: Tensor, inv_eps: float, log_n: float) ->
     return g, col_max, col_sumexp
 
 
-@torch.library.custom_op("wsss_ext::sinkhorn_codes", mutates_args=())
+@fast_custom_op("wsss_ext::sinkhorn_codes")
 def _codes(scores: Tensor, f: Tensor, inv_eps: float) -> Tensor:
     """softmax_k(scores/eps + f)."""
     codes = torch.empty(scores.shape, dtype=f.dtype, device=scores.device)
@@ -92,6 +101,11 @@ def _(scores, f, inv_eps, log_n):
 @_codes.register_fake
 def _(scores, f, inv_eps):
     return f.new_empty(scores.shape)
+
+
+# vmap over a batch of score matrices: one call per matrix.
+for _op in (_column_stats, _balance_samples, _codes):
+    vmap_by_loop(_op)
 
 
 # ---------------------------------------------------------------------------
@@ -157,12 +171,13 @@ def sinkhorn_knopp(
             :math:`\sum_k |P_{\cdot k} - 1/K|` (sample marginals exact) is
             below ``tol``, at most ``max_iters`` times (a warning is issued if
             it does not converge). Checking it costs one host sync per
-            iteration on CUDA.
+            iteration on CUDA, and cannot be traced by torch.compile.
         process_group: a ``torch.distributed`` process group (for example
             ``torch.distributed.group.WORLD``). Each rank passes its own rows;
             the prototype sums are all-reduced so that N is the global batch,
             as in SwAV's multi-GPU code. Every rank must pass the same K,
             epsilon and iteration settings. ``None``: this process only.
+            The global N is all-reduced once per call (one host sync).
         max_iters: cap on iterations when ``tol`` is set.
         progress: show a progress bar (tqdm) with the marginal error while
             iterating to ``tol``.
@@ -170,6 +185,12 @@ def sinkhorn_knopp(
     Returns:
         codes: N x K, each row summing to 1 (float32, or float64 for float64
         scores), on the device of ``scores``.
+
+    Raises ``ValueError`` for non-finite scores (see
+    :func:`wsss_ext.set_check_finite`; on CUDA an asynchronous device-side
+    assertion, no host sync). Traceable by ``torch.compile(fullgraph=True)`` and
+    ``torch.export`` (without ``tol`` and ``process_group``); under
+    ``torch.func.vmap`` a batch of score matrices is solved one by one.
 
     Shape:
         - scores: :math:`(N, K)`
@@ -195,6 +216,12 @@ def sinkhorn_knopp(
     n, k = scores.shape
     if n == 0 or k == 0:
         raise ValueError(f"scores must have at least one sample and one prototype, got shape {tuple(scores.shape)}")
+    if tol is not None:
+        refuse_under_compile("sinkhorn_knopp(tol=...)", "pass a fixed n_iters, or call it outside the compiled "
+                             "region (torch.compiler.disable)")
+    if process_group is not None:
+        refuse_under_compile("sinkhorn_knopp(process_group=...)", "call it outside the compiled region "
+                             "(torch.compiler.disable)")
 
     scores = scores.detach().contiguous()
     dtype = _compute_dtype(scores)
@@ -255,10 +282,11 @@ def _require_finite_scores(derived: Tensor, epsilon: float) -> None:
 
     The kernels' exp turns any NaN or +-inf score into NaN in everything
     computed from it, so checking this derived tensor checks the scores
-    without another pass over them. One host sync on CUDA.
+    without another pass over them. No host sync on CUDA (see
+    :func:`wsss_ext.set_check_finite`).
     """
-    if not bool(torch.isfinite(derived).all()):
-        raise ValueError(
-            f"scores contain NaN or inf (or values that overflow when divided by epsilon={epsilon}); "
-            "sinkhorn_knopp needs finite scores"
-        )
+    require_finite(
+        derived,
+        f"scores contain NaN or inf (or values that overflow when divided by epsilon={epsilon}); "
+        "sinkhorn_knopp needs finite scores",
+    )
