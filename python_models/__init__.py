@@ -2,8 +2,9 @@
 each on the wsss_ext kernel it needs, usable one piece at a time.
 
 - ``METHODS`` / ``create(key, **overrides)``: the methods, with their published defaults.
-- ``backbones``, ``heads``, ``losses``, ``pseudo``, ``augment``: the shared blocks,
-  each also usable alone.
+- ``backbones``, ``heads``, ``losses``, ``pseudo``, ``augment``, ``memory``
+  (queues, banks, EMA teachers, centres), ``data`` (single-image crops): the
+  shared blocks, each also usable alone.
 
 >>> import python_models
 >>> model = python_models.create("cam", backbone="tiny", num_classes=4)
@@ -12,7 +13,7 @@ each on the wsss_ext kernel it needs, usable one piece at a time.
 ['classification', 'loss']
 """
 
-from python_models import augment, backbones, heads, losses, pseudo
+from python_models import augment, backbones, data, heads, losses, memory, pseudo
 from python_models.backbones import ResNet, resnet50, resnet101, resnet_tiny
 from python_models.methods import METHODS, Method, WSSSMethod, create
 
@@ -24,8 +25,10 @@ __all__ = [
     "augment",
     "backbones",
     "create",
+    "data",
     "heads",
     "losses",
+    "memory",
     "pseudo",
     "resnet101",
     "resnet50",

@@ -12,6 +12,7 @@ from wsss_ext.ops._checks import check_int, check_real
 
 __all__ = [
     "check_batch",
+    "check_float",
     "check_images",
     "check_int",
     "check_label_map",
@@ -29,6 +30,15 @@ def _tensor(value: object, name: str) -> Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.layout != torch.strided:
         raise TypeError(f"{name} must be a dense tensor, got layout {value.layout}")
+    return value
+
+
+def check_float(value: object, name: str) -> Tensor:
+    """A float tensor of any shape, returned as it is; TypeError naming ``name`` otherwise."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a float tensor, got dtype {value.dtype}")
     return value
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from python_models.backbones.resnet import Bottleneck, ResNet, resnet50, resnet101, resnet_tiny
 from python_models.backbones.resnet38d import ResNet38d, convert_mxnet_names, resnet38d, resnet38d_tiny
 from python_models.backbones.vgg import VGGLargeFOV, vgg16_largefov, vgg_tiny
+from python_models.backbones.vit import VisionTransformer, interpolate_pos_embed, vit_small, vit_tiny
 
 __all__ = [
     "BACKBONES",
@@ -23,8 +24,10 @@ __all__ = [
     "ResNet",
     "ResNet38d",
     "VGGLargeFOV",
+    "VisionTransformer",
     "build_backbone",
     "convert_mxnet_names",
+    "interpolate_pos_embed",
     "resnet101",
     "resnet38d",
     "resnet38d_tiny",
@@ -32,6 +35,8 @@ __all__ = [
     "resnet_tiny",
     "vgg16_largefov",
     "vgg_tiny",
+    "vit_small",
+    "vit_tiny",
 ]
 
 # name -> (factory, whether it takes an output stride)
@@ -43,6 +48,8 @@ BACKBONES: dict[str, tuple[Callable[..., nn.Module], bool]] = {
     "resnet38d_tiny": (resnet38d_tiny, True),
     "vgg16_largefov": (vgg16_largefov, False),
     "vgg_tiny": (vgg_tiny, False),
+    "vit_small": (vit_small, False),  # patch 16: output stride 16
+    "vit_tiny": (vit_tiny, False),
 }
 
 

@@ -12,6 +12,7 @@ from python_models.heads.irnet import (
     resnet_stage_strides,
 )
 from python_models.heads.pcm import PCM, pcm_affinity, pcm_input, pcm_refine
+from python_models.heads.ssl import DINOHead, ProjectionMLP, Prototypes, WeightNormLinear
 from python_models.heads.ssss import GCI, SSSSDecoder
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "CAMHead",
     "DeepLabV3PlusDecoder",
     "derive_seed",
+    "DINOHead",
     "DisplacementBranch",
     "EdgeBranch",
     "FickleHead",
@@ -30,9 +32,12 @@ __all__ = [
     "pcm_affinity",
     "pcm_input",
     "pcm_refine",
+    "ProjectionMLP",
+    "Prototypes",
     "resnet_stage_features",
     "resnet_stage_strides",
     "SSSSDecoder",
     "stochastic_gate",
     "StochasticGate",
+    "WeightNormLinear",
 ]

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from python_models._checks import check_float
+
 __all__ = ["AFFINITY_EPS", "AFFINITY_LOSS_WEIGHTS", "affinity_loss"]
 
 # psa train_aff.py: log(aff + 1e-5) and log(1 + 1e-5 - aff).
@@ -61,10 +63,7 @@ def affinity_loss(affinity: Tensor, bg_pos: Tensor, fg_pos: Tensor, neg: Tensor,
         >>> round(float(terms["bg_pos"]), 4), float(terms["fg_pos"]), round(float(terms["neg"]), 4)
         (0.6931, 0.0, 0.2877)
     """
-    if not isinstance(affinity, Tensor):
-        raise TypeError(f"affinity must be a torch.Tensor, got {type(affinity).__name__}")
-    if not affinity.dtype.is_floating_point:
-        raise TypeError(f"affinity must be a float tensor, got dtype {affinity.dtype}")
+    affinity = check_float(affinity, "affinity")
     if affinity.dim() != 4:
         raise ValueError(f"affinity must be B x T x h x w, got shape {tuple(affinity.shape)}")
     if not bool(torch.isfinite(affinity.detach()).all()):

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import wsss_ext
-from python_models._checks import check_int
+from python_models._checks import check_float, check_int
 from python_models.losses.affinity import affinity_loss
 from python_models.pseudo.affinity_pairs import affinity_pair_labels
 
@@ -47,10 +47,7 @@ IRNET_AFFINITY_WEIGHTS = (0.25, 0.25, 0.5)
 
 
 def _field(value: object, name: str) -> Tensor:
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if not value.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a float tensor, got dtype {value.dtype}")
+    value = check_float(value, name)
     if value.dim() != 4 or value.shape[1] != 2 or value.shape[2] * value.shape[3] == 0:
         raise ValueError(f"{name} must be B x 2 x h x w (dy, dx), got shape {tuple(value.shape)}")
     if not bool(torch.isfinite(value.detach()).all()):
