@@ -249,12 +249,6 @@ def test_loss_falls_over_20_steps(trained):
 
 
 def test_segmentation_stage_is_dsrg():
-    try:
-        import python_models.methods.dsrg  # noqa: F401
-    except ImportError:
-        pass
-    if "dsrg" not in python_models.METHODS:
-        pytest.skip("DSRG (python_models/methods/dsrg.py, key 'dsrg') is not written yet")
     model = _model(n_samples=8)
     stage = model.segmentation_stage(backbone="tiny")
     assert stage.KEY == "dsrg" and stage.config.num_classes == NUM_CLASSES
