@@ -9,8 +9,10 @@ dataset (image-level tags only; pixel ground truth for scoring).
    of the training and validation images are the seeds.
 2. ``affinitynet`` is trained on PSA's affinity labels of the training CAMs
    and ``irnet`` on IRNet's IR labels of them (both start from the CAM
-   network's backbone, standing in for ImageNet weights; IRNet keeps it frozen,
-   as irn does); each walks the validation CAMs.
+   network's backbone, standing in for ImageNet weights; IRNet trains it with
+   its branches, where irn freezes its ImageNet backbone: frozen
+   classification-only features gave a boundary map too weak for the walk to
+   gain); each walks the validation CAMs.
 3. ``ssss`` and ``recurseed`` are trained from the tags alone (single stage);
    their own CAMs are their seeds.
 4. mIoU (background + 4 classes) of every seed and pseudo-mask against the
@@ -139,7 +141,7 @@ def run(config: Config, device: str = "cpu", progress: bool = False) -> dict:
     ir_labels = _batched(lambda c, x, t: reduce_label_map(pseudo.ir_labels(c, unit(x), t.to(device)), size),
                          train_cams, train.images, train.tags, batch_size=config.batch_size)
     irnet = create("irnet", backbone=copy.deepcopy(cam.backbone), num_classes=classes, cam_network=None,
-                   crop_size=config.image_size, radius=config.irnet_radius).to(device)
+                   crop_size=config.image_size, radius=config.irnet_radius, freeze_backbone=False).to(device)
     fit(irnet, train.images, train.tags, extras={"ir_labels": ir_labels.cpu(), "cams": train_cams.cpu()},
         desc="irnet", **common)
     timings["train irnet"] = time.perf_counter() - start

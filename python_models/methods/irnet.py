@@ -98,6 +98,11 @@ class IRNet(WSSSMethod):
         ``crop_size`` (as a training crop), ``batch_size``, ``epochs``, ``lr``,
         ``weight_decay``, ``displacement_lr_mult``, ``rescale``, ``hor_flip``
         describe the training recipe (:meth:`param_groups` uses the lrs).
+        ``freeze_backbone`` True: irn trains only the two branches, on an
+        ImageNet-pretrained ResNet-50 kept in eval mode without gradient;
+        ``False`` trains the backbone too (for a backbone without pretrained
+        weights, where frozen random or classification-only features give a
+        weak boundary map: ``benchmarks/pseudo_labels.py``).
 
     Kernels and sizes: ``wsss_ext.boundary_affinity`` (no custom op of its
     own) in ``losses``; ``irnet_random_walk`` (``wsss_ext::random_walk``) in
@@ -143,6 +148,7 @@ class IRNet(WSSSMethod):
         exp_times=8,
         sem_seg_bg_threshold=0.25,
         boundary_flip=True,
+        freeze_backbone=True,
         cam_network="cam",
     )
     KERNELS = ("irnet_random_walk",)
@@ -173,9 +179,11 @@ class IRNet(WSSSMethod):
         self.train()
 
     def train(self, mode: bool = True) -> IRNet:
-        """Train mode for the branches; the backbone (and the CAM network) stay in eval mode, as irn's."""
+        """Train mode for the branches; the backbone (unless ``freeze_backbone`` is
+        False) and the CAM network stay in eval mode, as irn's."""
         super().train(mode)
-        self.backbone.eval()
+        if self.config.freeze_backbone:
+            self.backbone.eval()
         if isinstance(self.cam_network, nn.Module):
             self.cam_network.eval()
         return self
@@ -191,8 +199,9 @@ class IRNet(WSSSMethod):
         ]
 
     def stage_features(self, images: Tensor) -> list[Tensor]:
-        """The backbone's five stages (without gradient) of images in [0, 1]."""
-        with torch.no_grad():
+        """The backbone's five stages of images in [0, 1] (without gradient while
+        ``freeze_backbone``)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_backbone):
             return resnet_stage_features(self.backbone, self.normalize(images))
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:

@@ -65,6 +65,7 @@ def test_defaults_are_irns():
         exp_times=8,                    # --exp_times: 2^8 steps
         sem_seg_bg_threshold=0.25,      # --sem_seg_bg_thres
         boundary_flip=True,             # EdgeDisplacement: edge of image and flip averaged
+        freeze_backbone=True,           # train_irn.py: only the edge / displacement branches train
         cam_network="cam",              # stage 1 of run_sample.py (net.resnet50_cam)
     )
     assert IRNET_CRF == dict(n_iters=10, gaussian_sxy=3.0, gaussian_weight=3.0, bilateral_sxy=50.0,
@@ -410,3 +411,15 @@ def test_loss_falls_over_20_steps(batch):
     model = create("irnet", backbone="tiny", num_classes=NUM_CLASSES, cam_network=None, lr=0.02, radius=5).train()
     losses = train_losses(model, batch, optimizer=torch.optim.SGD(model.param_groups(), momentum=0.9))
     assert losses[-1] < 0.75 * losses[0], losses
+
+
+def test_freeze_backbone_false_trains_the_backbone_too():
+    frozen = create("irnet", backbone="tiny", num_classes=NUM_CLASSES, cam_network=None, radius=5).train()
+    free = create("irnet", backbone="tiny", num_classes=NUM_CLASSES, cam_network=None, radius=5,
+                  freeze_backbone=False).train()
+    assert not frozen.backbone.training and free.backbone.training
+    for model in (frozen, free):
+        batch = model.example_batch(2, 32, torch.Generator().manual_seed(0))
+        model.losses(batch)["loss"].backward()
+    assert all(p.grad is None for p in frozen.backbone.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in free.backbone.parameters())
