@@ -10,6 +10,7 @@ from python_models.augment.crops import (
     multi_crop_batch,
     random_resized_box,
     random_resized_crops,
+    size_groups,
 )
 from python_models.augment.epm import (
     canny_edges,
@@ -29,6 +30,7 @@ from python_models.augment.masking import (
 from python_models.augment.mix import classmix, classmix_masks, cutmix, cutmix_box
 from python_models.augment.pretext import (
     centre_box,
+    check_class_indices,
     CONTEXT_NEIGHBOURS,
     drop_channels,
     exemplar_transforms,
@@ -44,13 +46,15 @@ from python_models.augment.pretext import (
     standardize_tiles,
 )
 from python_models.augment.puzzle import puzzle_merge, puzzle_tile
-from python_models.augment.views import rescale
+from python_models.augment.views import check_views, random_views, rescale, two_view_batch
 
 __all__ = [
     "canny_edges",
     "centre_box",
     "certain_labels",
+    "check_class_indices",
     "check_multi_crop_views",
+    "check_views",
     "classmix",
     "classmix_masks",
     "CONTEXT_NEIGHBOURS",
@@ -77,11 +81,14 @@ __all__ = [
     "random_masking",
     "random_resized_box",
     "random_resized_crops",
+    "random_views",
     "rescale",
     "restore_tokens",
     "rotations",
     "shuffle_tiles",
     "simmim_mask",
+    "size_groups",
     "standardize_tiles",
+    "two_view_batch",
     "upsample_mask",
 ]

@@ -20,8 +20,14 @@ from torch import Tensor
 
 from python_models._checks import check_images
 
-__all__ = ["check_multi_crop_views", "multi_crop", "multi_crop_batch", "random_resized_box",
-           "random_resized_crops"]
+__all__ = [
+    "check_multi_crop_views",
+    "multi_crop",
+    "multi_crop_batch",
+    "random_resized_box",
+    "random_resized_crops",
+    "size_groups",
+]
 
 Box = tuple[int, int, int, int]
 
@@ -199,3 +205,14 @@ def check_multi_crop_views(crops: object, small_crops: object = None, n_global: 
         raise ValueError("crops and small_crops must hold at least 2 views together: a view is never "
                          "compared with itself")
     return views + small
+
+
+def size_groups(views: Sequence[Tensor]) -> list[tuple[int, int]]:
+    """(start, end) of each run of consecutive views of one size (DINO's
+    ``MultiCropWrapper`` runs each run through the backbone as one batch)."""
+    groups, start = [], 0
+    for i in range(1, len(views) + 1):
+        if i == len(views) or views[i].shape[-2:] != views[start].shape[-2:]:
+            groups.append((start, i))
+            start = i
+    return groups

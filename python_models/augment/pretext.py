@@ -26,6 +26,7 @@ __all__ = [
     "JigsawTiles",
     "PatchPairs",
     "centre_box",
+    "check_class_indices",
     "drop_channels",
     "exemplar_transforms",
     "jigsaw_permutations",
@@ -408,3 +409,16 @@ def mask_centre(images: Tensor, overlap: int = 4, fill: tuple[float, ...] = PATH
     erased[y0 + overlap:y1 - overlap, x0 + overlap:x1 - overlap] = True
     colour = torch.tensor(fill, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return torch.where(erased, colour, images), erased
+
+
+def check_class_indices(value: object, batch_size: int, num_classes: int, name: str) -> Tensor:
+    """B int64 class indices in [0, num_classes)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype.is_floating_point or value.dtype == torch.bool or value.is_complex():
+        raise TypeError(f"{name} must be int64 class indices, got dtype {value.dtype}")
+    if value.shape != (batch_size,):
+        raise ValueError(f"{name} must be {batch_size} class indices, got shape {tuple(value.shape)}")
+    if value.numel() and (int(value.min()) < 0 or int(value.max()) >= num_classes):
+        raise ValueError(f"{name} must be in [0, {num_classes})")
+    return value.long()

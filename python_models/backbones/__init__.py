@@ -16,7 +16,7 @@ from torch import nn
 from python_models.backbones.resnet import Bottleneck, ResNet, resnet50, resnet101, resnet_tiny
 from python_models.backbones.resnet38d import ResNet38d, convert_mxnet_names, resnet38d, resnet38d_tiny
 from python_models.backbones.vgg import VGGLargeFOV, vgg16_largefov, vgg_tiny
-from python_models.backbones.vit import VisionTransformer, interpolate_pos_embed, vit_small, vit_tiny
+from python_models.backbones.vit import VisionTransformer, interpolate_pos_embed, set_drop_path, vit_backbone, vit_small, vit_tiny
 
 __all__ = [
     "BACKBONES",
@@ -33,8 +33,10 @@ __all__ = [
     "resnet38d_tiny",
     "resnet50",
     "resnet_tiny",
+    "set_drop_path",
     "vgg16_largefov",
     "vgg_tiny",
+    "vit_backbone",
     "vit_small",
     "vit_tiny",
 ]

@@ -108,3 +108,11 @@ def vgg16_largefov(fc_channels: int = 1024) -> VGGLargeFOV:
 def vgg_tiny(width: int = 8, fc_channels: int = 64) -> VGGLargeFOV:
     """The same layout at a CPU size, for tests and the demo."""
     return VGGLargeFOV(width, fc_channels, dropout=0.0)
+
+
+def _fc8(in_channels: int, out_channels: int) -> nn.Conv2d:
+    """DeepLab-LargeFOV's fc8 classifier: a 1 x 1 conv, weights N(0, 0.01), bias 0 (SEC, DSRG)."""
+    conv = nn.Conv2d(in_channels, out_channels, 1)
+    nn.init.normal_(conv.weight, std=0.01)
+    nn.init.zeros_(conv.bias)
+    return conv

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 
 from python_models._checks import check_int, check_real
 
-__all__ = ["VisionTransformer", "interpolate_pos_embed", "vit_small", "vit_tiny"]
+__all__ = ["VisionTransformer", "interpolate_pos_embed", "set_drop_path", "vit_backbone", "vit_small", "vit_tiny"]
 
 
 def interpolate_pos_embed(pos_embed: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -329,3 +330,25 @@ def vit_tiny(patch_size: int = 8, **kwargs) -> VisionTransformer:
     options = {"img_size": 32, "embed_dim": 48, "depth": 2, "num_heads": 3, "mlp_ratio": 4}
     options.update(kwargs)
     return VisionTransformer(patch_size=patch_size, **options)
+
+
+def set_drop_path(backbone: nn.Module, rate: float) -> None:
+    """Stochastic depth rising linearly from 0 (first block) to ``rate`` (last)
+    on a :class:`VisionTransformer` (DINO's student: 0.1; its teacher: 0)."""
+    if isinstance(backbone, VisionTransformer):
+        depth = len(backbone.blocks)
+        for i, block in enumerate(backbone.blocks):
+            block.drop_path = float(rate) * i / max(depth - 1, 1)
+
+
+def vit_backbone(method: Any, *needs: str) -> nn.Module:
+    """``method``'s (a :class:`python_models.methods.Method`) backbone, checked to have the ViT views ``needs``
+    (``"tokens"``, ``"last_attention"``)."""
+    if int(method.config.global_crops) < 1:
+        raise ValueError(f"global_crops must be >= 1, got {method.config.global_crops}")
+    backbone = method.build_backbone()
+    missing = [name for name in needs if not hasattr(backbone, name)]
+    if missing:
+        raise TypeError(f"{type(method).__name__} needs a ViT backbone with {', '.join(needs)}; "
+                        f"{type(backbone).__name__} lacks {missing}")
+    return backbone

@@ -46,6 +46,7 @@ from python_models.losses.sec import (
     map_image,
     MIN_PROB,
     SEC_CRF,
+    SEC_TEST_CRF,
     seed_loss,
 )
 from python_models.losses.ssss import (
@@ -114,6 +115,7 @@ __all__ = [
     "seam_cross_term",
     "seam_losses",
     "SEC_CRF",
+    "SEC_TEST_CRF",
     "seed_loss",
     "SIMMIM_EPS",
     "ssss_class_scores",

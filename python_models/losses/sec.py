@@ -19,11 +19,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import wsss_ext
-from python_models._checks import check_images, check_label_map, check_probs, check_real, check_tags
+from python_models._checks import (
+    check_images,
+    check_label_map,
+    check_probs,
+    check_real,
+    check_tags,
+)
 from python_models.losses.pooling import gwrp
 from python_models.pseudo.crf import ABSENT_ENERGY, to_uint8
 
-__all__ = ["MIN_PROB", "SEC_CRF", "constrain_loss", "crf_target", "expand_loss", "floored_softmax",
+__all__ = ["MIN_PROB", "SEC_CRF", "SEC_TEST_CRF", "constrain_loss", "crf_target", "expand_loss", "floored_softmax",
            "map_image", "seed_loss"]
 
 # pylayers.py ``min_prob``: the floor of the network's and the CRF's probabilities.
@@ -33,6 +39,11 @@ MIN_PROB = 1e-4
 # (CRFLayer, 41 x 41 maps of 321 x 321 crops), 10 mean-field iterations: AffinityNet's preset / 12.
 SEC_CRF: Mapping[str, float] = dict(n_iters=10, gaussian_sxy=3.0 / 12, gaussian_weight=3.0, bilateral_sxy=80.0 / 12,
                                     bilateral_srgb=13.0, bilateral_weight=10.0)
+
+# deploy/demo.py: krahenbuhl2013.CRF(im, log(probs), scale_factor=1.0) on the full image, probabilities
+# floored at 1e-5: gaussian 3/3, bilateral 80/13/10, 10 iterations (AffinityNet's preset at scale 1).
+SEC_TEST_CRF: Mapping[str, float] = dict(n_iters=10, gaussian_sxy=3.0, gaussian_weight=3.0, bilateral_sxy=80.0,
+                                         bilateral_srgb=13.0, bilateral_weight=10.0)
 
 
 def floored_softmax(logits: Tensor, min_prob: float = MIN_PROB) -> Tensor:

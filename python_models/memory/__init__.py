@@ -7,7 +7,7 @@ accumulation stages several micro-batches and commits them together."""
 
 from python_models.memory.bank import MemoryBank
 from python_models.memory.centre import Centre
-from python_models.memory.ema import EMATeacher, cosine_momentum
+from python_models.memory.ema import EMATeacher, cosine_momentum, ema_teacher
 from python_models.memory.queue import Queue
 
-__all__ = ["Centre", "EMATeacher", "MemoryBank", "Queue", "cosine_momentum"]
+__all__ = ["Centre", "EMATeacher", "MemoryBank", "Queue", "cosine_momentum", "ema_teacher"]

@@ -13,9 +13,10 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from python_models._checks import check_int
+from python_models.backbones.vit import set_drop_path
 from python_models.memory._common import check_momentum
 
-__all__ = ["EMATeacher", "cosine_momentum"]
+__all__ = ["EMATeacher", "cosine_momentum", "ema_teacher"]
 
 
 def cosine_momentum(step: int, max_steps: int, base: float = 0.996, final: float = 1.0) -> float:
@@ -113,3 +114,13 @@ class EMATeacher(nn.Module):
 
     def extra_repr(self) -> str:
         return f"momentum={self.momentum}, final_momentum={self.final_momentum}"
+
+
+def ema_teacher(student: nn.Module, config: Any) -> EMATeacher:
+    """The EMA copy of ``student`` (momentum ``config.momentum_teacher`` →
+    ``config.final_momentum_teacher``, without stochastic depth), then the
+    student's stochastic depth set to ``config.drop_path_rate`` (DINO and
+    Leopart build the teacher without it)."""
+    teacher = EMATeacher(student, config.momentum_teacher, config.final_momentum_teacher)
+    set_drop_path(student.backbone, config.drop_path_rate)
+    return teacher

@@ -33,10 +33,10 @@ from python_models.pseudo.affinity_pairs import (
     psa_random_walk,
     walked_labels,
 )
-from python_models.pseudo.cams import normalize_cams
+from python_models.pseudo.cams import normalize_cams, synthetic_cams
 from python_models.pseudo.confident import PSA_CRF
 
-__all__ = ["AffinityNet", "synthetic_cams"]
+__all__ = ["AffinityNet"]
 
 
 @register
@@ -248,16 +248,3 @@ class AffinityNet(WSSSMethod):
             batch["cams"], batch["images"], batch["labels"], self.config.feature_stride,
             self.config.crf_alphas, self.config.crf)
         return batch
-
-
-def synthetic_cams(masks: Tensor, labels: Tensor, blur: int = 5) -> Tensor:
-    """CAM-like maps from label maps, for tests and examples: each tagged
-    class's mask box-blurred by ``blur`` x ``blur`` and divided by its max
-    (:func:`python_models.pseudo.normalize_cams`), so they peak inside the
-    object and fade across its border. B x H x W masks (c + 1 for tag column
-    c) -> B x C x H x W in [0, 1], zero outside the tags."""
-    classes = labels.shape[1]
-    masks = torch.where((masks >= 0) & (masks <= classes), masks, torch.zeros_like(masks)).long()
-    one_hot = F.one_hot(masks, classes + 1)[..., 1:].permute(0, 3, 1, 2).float()
-    blurred = F.avg_pool2d(one_hot, blur, 1, blur // 2, count_include_pad=False)
-    return normalize_cams(blurred, labels)

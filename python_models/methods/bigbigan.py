@@ -14,15 +14,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from python_models._checks import check_images
+from python_models.heads.pretext import (
+    PRETEXT_OUTPUT_STRIDE,
+    frozen_call,
+    mlp,
+    pooled_features,
+)
 from python_models.losses.pretext import (
     bigbigan_discriminator_loss,
     bigbigan_generator_loss,
 )
 from python_models.methods.base import Method, synthetic_tagged_batch
-from python_models.methods.context_encoder import frozen_call
-from python_models.methods.context_prediction import mlp
 from python_models.methods.registry import register
-from python_models.methods.rotnet import PRETEXT_OUTPUT_STRIDE, pooled_features
 
 __all__ = ["BigBiGAN"]
 

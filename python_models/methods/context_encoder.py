@@ -12,10 +12,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from python_models._checks import check_images
 from python_models.augment.pretext import centre_box, mask_centre
+from python_models.heads.pretext import (
+    PRETEXT_OUTPUT_STRIDE,
+    frozen_call,
+    pooled_features,
+)
 from python_models.losses.pretext import (
     context_encoder_weights,
     gan_bce_losses,
@@ -23,17 +27,8 @@ from python_models.losses.pretext import (
 )
 from python_models.methods.base import Method, synthetic_tagged_batch
 from python_models.methods.registry import register
-from python_models.methods.rotnet import PRETEXT_OUTPUT_STRIDE, pooled_features
 
-__all__ = ["ContextEncoder", "frozen_call"]
-
-
-def frozen_call(module: nn.Module, *args: Tensor) -> Tensor:
-    """``module(*args)`` with its parameters detached: gradients reach the
-    inputs (the other player of a GAN) but not ``module``'s parameters.
-    Buffers are the module's own (BatchNorm statistics update as in any call)."""
-    params = {name: p.detach() for name, p in module.named_parameters()}
-    return functional_call(module, params, args)
+__all__ = ["ContextEncoder"]
 
 
 def _up(fan_in: int, fan_out: int) -> list[nn.Module]:

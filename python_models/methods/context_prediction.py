@@ -10,26 +10,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from python_models._checks import check_images, check_int
-from python_models.augment.pretext import patch_pairs
+from python_models.augment.pretext import check_class_indices, patch_pairs
+from python_models.heads.pretext import PRETEXT_OUTPUT_STRIDE, mlp, pooled_features
 from python_models.methods.base import Method, synthetic_tagged_batch
 from python_models.methods.registry import register
-from python_models.methods.rotnet import PRETEXT_OUTPUT_STRIDE, pooled_features
 
-__all__ = ["ContextPrediction", "check_class_indices", "mlp", "scaled_grid"]
-
-
-def mlp(*dims: int) -> nn.Sequential:
-    """Linear layers of sizes ``dims[0] -> dims[1] -> ... -> dims[-1]`` with a
-    ReLU between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for index, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:])):
-        layers.append(nn.Linear(fan_in, fan_out))
-        if index < len(dims) - 2:
-            layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
+__all__ = ["ContextPrediction", "scaled_grid"]
 
 
 def scaled_grid(image_size: int, patch_size: int, gap: int, jitter: int) -> tuple[int, int, int]:
@@ -128,16 +117,3 @@ class ContextPrediction(Method):
         pairs = patch_pairs(images, size, gap, jitter, positions=self.config.num_classes, generator=g)
         return {"images": images, "patches": torch.stack([pairs.centre, pairs.neighbour], 1),
                 "positions": pairs.positions}
-
-
-def check_class_indices(value: object, batch_size: int, num_classes: int, name: str) -> Tensor:
-    """B int64 class indices in [0, num_classes)."""
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if value.dtype.is_floating_point or value.dtype == torch.bool or value.is_complex():
-        raise TypeError(f"{name} must be int64 class indices, got dtype {value.dtype}")
-    if value.shape != (batch_size,):
-        raise ValueError(f"{name} must be {batch_size} class indices, got shape {tuple(value.shape)}")
-    if value.numel() and (int(value.min()) < 0 or int(value.max()) >= num_classes):
-        raise ValueError(f"{name} must be in [0, {num_classes})")
-    return value.long()

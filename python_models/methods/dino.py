@@ -14,61 +14,23 @@ from torch import Tensor, nn
 
 import wsss_ext
 from python_models._checks import check_images
-from python_models.augment.crops import check_multi_crop_views, multi_crop_batch
-from python_models.backbones.vit import VisionTransformer
+from python_models.augment.crops import (
+    check_multi_crop_views,
+    multi_crop_batch,
+    size_groups,
+)
+from python_models.backbones.vit import vit_backbone
 from python_models.heads import DINOHead
 from python_models.losses.dino import dino_loss, dino_teacher_targets
 from python_models.losses.swav import swapped_prediction
-from python_models.memory import Centre, EMATeacher
+from python_models.memory import Centre
+from python_models.memory.ema import ema_teacher
 from python_models.methods.base import Method, synthetic_tagged_batch
 from python_models.methods.registry import register
 
-__all__ = ["DINO", "ema_teacher", "set_drop_path", "size_groups", "teacher_temperature_at", "vit_backbone"]
+__all__ = ["DINO", "teacher_temperature_at"]
 
 _TEACHERS = ("centering", "sinkhorn")
-
-
-def size_groups(views: Sequence[Tensor]) -> list[tuple[int, int]]:
-    """(start, end) of each run of consecutive views of one size (DINO's
-    ``MultiCropWrapper`` runs each run through the backbone as one batch)."""
-    groups, start = [], 0
-    for i in range(1, len(views) + 1):
-        if i == len(views) or views[i].shape[-2:] != views[start].shape[-2:]:
-            groups.append((start, i))
-            start = i
-    return groups
-
-
-def set_drop_path(backbone: nn.Module, rate: float) -> None:
-    """Stochastic depth rising linearly from 0 (first block) to ``rate`` (last)
-    on a :class:`VisionTransformer` (DINO's student: 0.1; its teacher: 0)."""
-    if isinstance(backbone, VisionTransformer):
-        depth = len(backbone.blocks)
-        for i, block in enumerate(backbone.blocks):
-            block.drop_path = float(rate) * i / max(depth - 1, 1)
-
-
-def vit_backbone(method: Method, *needs: str) -> nn.Module:
-    """``method``'s backbone, checked to have the ViT views ``needs``
-    (``"tokens"``, ``"last_attention"``)."""
-    if int(method.config.global_crops) < 1:
-        raise ValueError(f"global_crops must be >= 1, got {method.config.global_crops}")
-    backbone = method.build_backbone()
-    missing = [name for name in needs if not hasattr(backbone, name)]
-    if missing:
-        raise TypeError(f"{type(method).__name__} needs a ViT backbone with {', '.join(needs)}; "
-                        f"{type(backbone).__name__} lacks {missing}")
-    return backbone
-
-
-def ema_teacher(student: nn.Module, config: Any) -> EMATeacher:
-    """The EMA copy of ``student`` (momentum ``config.momentum_teacher`` →
-    ``config.final_momentum_teacher``, without stochastic depth), then the
-    student's stochastic depth set to ``config.drop_path_rate`` (DINO and
-    Leopart build the teacher without it)."""
-    teacher = EMATeacher(student, config.momentum_teacher, config.final_momentum_teacher)
-    set_drop_path(student.backbone, config.drop_path_rate)
-    return teacher
 
 
 def teacher_temperature_at(step: int, warmup: float, final: float, warmup_steps: int) -> float:

@@ -12,11 +12,21 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from python_models.backbones.vgg import VGGLargeFOV
-from python_models.losses.dsrg import DSRG_CRF, DSRG_RATIO_CLIP, balanced_seed_loss, dsrg_crf_target
-from python_models.losses.sec import MIN_PROB, constrain_loss, floored_softmax
+from python_models.backbones.vgg import VGGLargeFOV, _fc8
+from python_models.losses.dsrg import (
+    DSRG_CRF,
+    DSRG_RATIO_CLIP,
+    balanced_seed_loss,
+    dsrg_crf_target,
+)
+from python_models.losses.sec import (
+    MIN_PROB,
+    SEC_TEST_CRF,
+    constrain_loss,
+    floored_softmax,
+)
 from python_models.methods.registry import register
-from python_models.methods.sec import SEC, SEC_TEST_CRF, _fc8
+from python_models.methods.sec import SEC
 from python_models.pseudo.grow import dsrg_grow
 
 __all__ = ["DSRG"]

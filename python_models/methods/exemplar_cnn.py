@@ -13,11 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from python_models._checks import check_images, check_int
-from python_models.augment.pretext import exemplar_transforms
+from python_models.augment.pretext import check_class_indices, exemplar_transforms
+from python_models.heads.pretext import PRETEXT_OUTPUT_STRIDE, pooled_features
 from python_models.methods.base import Method, synthetic_tagged_batch
-from python_models.methods.context_prediction import check_class_indices
 from python_models.methods.registry import register
-from python_models.methods.rotnet import PRETEXT_OUTPUT_STRIDE, pooled_features
 
 __all__ = ["ExemplarCNN"]
 

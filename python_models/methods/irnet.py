@@ -30,11 +30,10 @@ from python_models.heads.irnet import (
     resnet_stage_strides,
 )
 from python_models.losses.irnet import irnet_losses, reduce_label_map
-from python_models.methods.affinitynet import synthetic_cams
 from python_models.methods.base import WSSSMethod, synthetic_tagged_batch
 from python_models.methods.cam import CAM, build_cam_network
 from python_models.methods.registry import register
-from python_models.pseudo.cams import multiscale_cams, normalize_cams
+from python_models.pseudo.cams import multiscale_cams, normalize_cams, synthetic_cams
 from python_models.pseudo.confident import IRNET_CRF, ir_labels
 
 __all__ = ["IRNet"]
@@ -350,7 +349,7 @@ class IRNet(WSSSMethod):
     def example_batch(self, batch_size: int = 2, image_size: int = 32,
                       generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """The base batch plus ``cams`` (CAM-like maps of the masks,
-        :func:`python_models.methods.affinitynet.synthetic_cams`, standing in for a
+        :func:`python_models.pseudo.cams.synthetic_cams`, standing in for a
         CAM network's) and ``ir_labels`` (:meth:`ir_targets` of those CAMs)."""
         batch = synthetic_tagged_batch(batch_size, image_size, self.num_classes, generator)
         batch["cams"] = synthetic_cams(batch["masks"], batch["labels"])

@@ -14,13 +14,18 @@ import torch
 from torch import Tensor, nn
 
 from python_models._checks import check_images
-from python_models.augment.crops import check_multi_crop_views, multi_crop_batch
+from python_models.augment.crops import (
+    check_multi_crop_views,
+    multi_crop_batch,
+    size_groups,
+)
+from python_models.backbones.vit import vit_backbone
 from python_models.heads import ProjectionMLP, Prototypes
 from python_models.losses.leopart import leopart_spatial_loss
 from python_models.losses.swav import swav_codes
 from python_models.memory import Queue
+from python_models.memory.ema import ema_teacher
 from python_models.methods.base import Method, synthetic_tagged_batch
-from python_models.methods.dino import ema_teacher, size_groups, vit_backbone
 from python_models.methods.registry import register
 from python_models.pseudo.leopart import (
     attention_foreground,

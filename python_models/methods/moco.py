@@ -14,12 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from python_models._checks import check_images, check_int, check_real
+from python_models.augment.views import check_views, two_view_batch
 from python_models.heads import ProjectionMLP
+from python_models.heads.encoder import GlobalPoolEncoder
 from python_models.losses.contrastive import info_nce
 from python_models.memory import EMATeacher, Queue
 from python_models.methods.base import Method
 from python_models.methods.registry import register
-from python_models.methods.simclr import GlobalPoolEncoder, check_views, two_view_batch
 
 __all__ = ["MoCo"]
 

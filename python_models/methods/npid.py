@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from python_models._checks import check_images, check_int, check_real
+from python_models.heads.encoder import GlobalPoolEncoder
 from python_models.losses.contrastive import nce_normalizer, npid_nce_loss
 from python_models.memory import MemoryBank
 from python_models.methods.base import Method, synthetic_tagged_batch
 from python_models.methods.registry import register
-from python_models.methods.simclr import GlobalPoolEncoder
 
 __all__ = ["NPID", "noise_indices"]
 

@@ -13,20 +13,11 @@ from torch import Tensor, nn
 
 from python_models._checks import check_images, check_int
 from python_models.augment.pretext import rotations
+from python_models.heads.pretext import PRETEXT_OUTPUT_STRIDE, pooled_features
 from python_models.methods.base import Method, synthetic_tagged_batch
 from python_models.methods.registry import register
 
-__all__ = ["RotNet", "pooled_features"]
-
-# Pretext backbones run as classifiers: the backbone's full stride (ResNet-50's 32).
-PRETEXT_OUTPUT_STRIDE = 32
-
-
-def pooled_features(backbone: nn.Module, normalized: Tensor) -> Tensor:
-    """Global average pooled backbone features, B x D: the representation the
-    pretext methods learn (the input is already normalised)."""
-    return backbone(normalized).mean((2, 3))
-
+__all__ = ["RotNet"]
 
 @register
 class RotNet(Method):

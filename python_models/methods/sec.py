@@ -11,22 +11,25 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from python_models._checks import check_label_map
-from python_models.backbones.vgg import VGGLargeFOV
-from python_models.losses.sec import (MIN_PROB, SEC_CRF, constrain_loss, crf_target, expand_loss, floored_softmax,
-                                      seed_loss)
+from python_models.backbones.vgg import VGGLargeFOV, _fc8
+from python_models.losses.sec import (
+    MIN_PROB,
+    SEC_CRF,
+    SEC_TEST_CRF,
+    constrain_loss,
+    crf_target,
+    expand_loss,
+    floored_softmax,
+    seed_loss,
+)
 from python_models.methods.base import IGNORE_INDEX, WSSSMethod
 from python_models.methods.registry import register
 from python_models.pseudo.crf import crf_labels, tag_unary_from_probs
 
 __all__ = ["SEC", "largefov_map_size", "synthetic_seeds"]
-
-# deploy/demo.py: krahenbuhl2013.CRF(im, log(probs), scale_factor=1.0) on the full image, probabilities
-# floored at 1e-5: gaussian 3/3, bilateral 80/13/10, 10 iterations (AffinityNet's preset at scale 1).
-SEC_TEST_CRF: Mapping[str, float] = dict(n_iters=10, gaussian_sxy=3.0, gaussian_weight=3.0, bilateral_sxy=80.0,
-                                         bilateral_srgb=13.0, bilateral_weight=10.0)
 
 
 def largefov_map_size(size: int) -> int:
@@ -227,10 +230,3 @@ class SEC(WSSSMethod):
         batch = super().example_batch(batch_size, image_size, generator)
         batch["seeds"] = synthetic_seeds(batch["masks"], self.map_size(image_size, image_size))
         return batch
-
-
-def _fc8(in_channels: int, out_channels: int) -> nn.Conv2d:
-    conv = nn.Conv2d(in_channels, out_channels, 1)
-    nn.init.normal_(conv.weight, std=0.01)
-    nn.init.zeros_(conv.bias)
-    return conv

@@ -3,9 +3,10 @@ Contrastive Learning of Visual Representations", ICML 2020): two augmented
 views of each image, a ResNet encoder, a projection MLP and the NT-Xent loss
 between the 2N projections of a batch.
 
-Also the pieces the other two-view methods here share: :func:`check_views`
-(the ``"views"`` batch entry) and :func:`random_views` (the light, seeded
-views of ``example_batch``)."""
+The pieces the two-view methods share live in
+:mod:`python_models.augment.views` (:func:`check_views`,
+:func:`random_views`, :func:`two_view_batch`) and
+:mod:`python_models.heads.encoder` (:class:`GlobalPoolEncoder`)."""
 
 from __future__ import annotations
 
@@ -17,68 +18,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from python_models._checks import check_images, check_int, check_real
-from python_models.augment.crops import random_resized_crops
+from python_models.augment.views import check_views, two_view_batch
 from python_models.heads import ProjectionMLP
+from python_models.heads.encoder import GlobalPoolEncoder
 from python_models.losses.contrastive import nt_xent
-from python_models.methods.base import Method, synthetic_tagged_batch
+from python_models.methods.base import Method
 from python_models.methods.registry import register
 
-__all__ = ["SimCLR", "check_views", "random_views"]
-
-
-def check_views(views: object, count: int = 2, name: str = "views") -> list[Tensor]:
-    """``count`` views of one batch: a list or tuple of B x 3 x H x W float
-    RGB tensors in [0, 1] (or a V x B x 3 x H x W tensor), all with the same
-    batch size B (row b of every view comes from image b). Returned as a list."""
-    if isinstance(views, Tensor):
-        if views.dim() != 5:
-            raise ValueError(f"{name} must be a list of B x 3 x H x W tensors or one V x B x 3 x H x W "
-                             f"tensor, got shape {tuple(views.shape)}")
-        views = list(views.unbind(0))
-    if not isinstance(views, (list, tuple)):
-        raise TypeError(f"{name} must be a list of {count} image tensors, got {type(views).__name__}")
-    if len(views) != count:
-        raise ValueError(f"{name} must hold {count} views, got {len(views)}")
-    views = [check_images(view, f"{name}[{i}]") for i, view in enumerate(views)]
-    sizes = [view.shape[0] for view in views]
-    if len(set(sizes)) != 1:
-        raise ValueError(f"{name} must all have the same batch size (row b of each view is image b), got {sizes}")
-    return views
-
-
-def random_views(images: Tensor, count: int = 2, generator: torch.Generator | None = None) -> list[Tensor]:
-    """``count`` cheap random views of a batch (for examples and tests; the
-    published pipelines belong to the data loader): a random resized crop
-    (area share in [0.2, 1], MoCo's and NPID's scale) back to the image size
-    with a random horizontal flip
-    (:func:`python_models.augment.crops.random_resized_crops`), then the
-    brightness scaled in [0.7, 1.3] and an offset in [-0.1, 0.1], clamped
-    to [0, 1].
-
-    >>> views = random_views(torch.full((2, 3, 8, 8), 0.5), 2, torch.Generator().manual_seed(0))
-    >>> len(views), tuple(views[0].shape), bool(views[0].min() >= 0)
-    (2, (2, 3, 8, 8), True)
-    """
-    images = check_images(images)
-    count = check_int(count, "count", minimum=1)
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
-    b, size = images.shape[0], images.shape[-1]
-    out = []
-    for _ in range(count):
-        view = random_resized_crops(images, size, (0.2, 1.0), g)
-        scale = (0.7 + 0.6 * torch.rand(b, 1, 1, 1, generator=g)).to(images)
-        offset = (0.2 * torch.rand(b, 1, 1, 1, generator=g) - 0.1).to(images)
-        out.append((view * scale + offset).clamp(0, 1))
-    return out
-
-
-def two_view_batch(batch_size: int, image_size: int, generator: torch.Generator | None) -> dict[str, Tensor]:
-    """``images`` (B x 3 x S x S synthetic scenes, not read by the losses) and
-    ``views`` (2 x B x 3 x S x S: two :func:`random_views` of them, stacked),
-    from one generator."""
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
-    images = synthetic_tagged_batch(batch_size, image_size, 4, g)["images"]
-    return {"images": images, "views": torch.stack(random_views(images, 2, g))}
+__all__ = ["SimCLR"]
 
 
 def _scale_only_batch_norm(features: int) -> nn.BatchNorm1d:
@@ -87,22 +34,6 @@ def _scale_only_batch_norm(features: int) -> nn.BatchNorm1d:
     norm = nn.BatchNorm1d(features)
     norm.register_parameter("bias", None)
     return norm
-
-
-class GlobalPoolEncoder(nn.Module):
-    """A backbone, global average pooling and a head: images (normalised)
-    to B x out embeddings; ``features(x)`` is the pooled B x C representation."""
-
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-
-    def features(self, x: Tensor) -> Tensor:
-        return self.backbone(x).mean(dim=(2, 3))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
 
 
 @register

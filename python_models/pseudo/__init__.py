@@ -23,7 +23,7 @@ from python_models.pseudo.boxes import (
     DEEPLAB_LARGEFOV_CRF,
     refine_box_labels,
 )
-from python_models.pseudo.cams import cams_to_labels, multiscale_cams, normalize_cams
+from python_models.pseudo.cams import cams_to_labels, multiscale_cams, normalize_cams, synthetic_cams
 from python_models.pseudo.clustering import (
     deepcluster_labels,
     kmeans,
@@ -141,6 +141,7 @@ __all__ = [
     "ssl_thresholds",
     "ssss_refine",
     "surface_normals",
+    "synthetic_cams",
     "tag_unary_from_labels",
     "tag_unary_from_probs",
     "to_uint8",

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from python_models._checks import check_real
 
-__all__ = ["cams_to_labels", "multiscale_cams", "normalize_cams"]
+__all__ = ["cams_to_labels", "multiscale_cams", "normalize_cams", "synthetic_cams"]
 
 
 def normalize_cams(cams: Tensor, labels: Tensor | None = None, eps: float = 1e-5) -> Tensor:
@@ -72,3 +72,16 @@ def cams_to_labels(cams: Tensor, labels: Tensor, bg_threshold: float) -> Tensor:
     scores = cams * labels.to(cams.dtype)[..., None, None]
     background = torch.full_like(scores[:, :1], check_real(bg_threshold, "bg_threshold"))
     return torch.cat([background, scores], 1).argmax(1)
+
+
+def synthetic_cams(masks: Tensor, labels: Tensor, blur: int = 5) -> Tensor:
+    """CAM-like maps from label maps, for tests and examples: each tagged
+    class's mask box-blurred by ``blur`` x ``blur`` and divided by its max
+    (:func:`python_models.pseudo.normalize_cams`), so they peak inside the
+    object and fade across its border. B x H x W masks (c + 1 for tag column
+    c) -> B x C x H x W in [0, 1], zero outside the tags."""
+    classes = labels.shape[1]
+    masks = torch.where((masks >= 0) & (masks <= classes), masks, torch.zeros_like(masks)).long()
+    one_hot = F.one_hot(masks, classes + 1)[..., 1:].permute(0, 3, 1, 2).float()
+    blurred = F.avg_pool2d(one_hot, blur, 1, blur // 2, count_include_pad=False)
+    return normalize_cams(blurred, labels)

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from method_support import traced_ops, train_losses
 
 import wsss_ext
-from method_support import traced_ops, train_losses
 from python_models import create
 from python_models.heads import AffinityHead
 from python_models.losses.affinity import affinity_loss
 from python_models.methods import CAM
-from python_models.methods.affinitynet import AffinityNet, synthetic_cams
+from python_models.methods.affinitynet import AffinityNet
 from python_models.pseudo import PSA_CRF
 from python_models.pseudo.affinity_pairs import (
     affinity_pair_labels,
@@ -24,6 +24,7 @@ from python_models.pseudo.affinity_pairs import (
     psa_random_walk,
     walked_labels,
 )
+from python_models.pseudo.cams import synthetic_cams
 from wsss_ext.reference import random_walk_dense
 
 NUM_CLASSES = 3

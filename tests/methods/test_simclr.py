@@ -12,8 +12,9 @@ from method_support import one_thread, train_losses  # noqa: F401  (autouse fixt
 
 import python_models
 from python_models import Method
+from python_models.augment.views import check_views, random_views
 from python_models.losses.contrastive import nt_xent
-from python_models.methods.simclr import SimCLR, check_views, random_views
+from python_models.methods.simclr import SimCLR
 
 
 def _model(**overrides) -> SimCLR:
