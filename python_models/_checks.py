@@ -1,5 +1,10 @@
 """Argument checks shared by the methods and their blocks: TypeError for the
-wrong kind of value, ValueError for a wrong value, each naming the argument."""
+wrong kind of value, ValueError for a wrong value, each naming the argument.
+
+Value checks (finite, in range, multi-hot) go through wsss_ext's
+``require_all``, so they follow ``wsss_ext.set_check_finite``: an immediate
+ValueError on CPU tensors, an asynchronous device assertion on CUDA ones (no
+host synchronisation in a training step), nothing under torch.compile."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from wsss_ext.ops._checks import check_int, check_real
+from wsss_ext.ops._checks import check_int, check_real, require_all, require_finite
 
 __all__ = [
     "check_batch",
@@ -54,11 +59,10 @@ def check_images(images: object, name: str = "images", *, values: bool = True) -
         raise ValueError(f"{name} is empty: shape {tuple(images.shape)}")
     if not values:
         return images
-    if not torch.isfinite(images).all():
-        raise ValueError(f"{name} has NaN or infinite values")
-    if images.min() < -1e-3 or images.max() > 1 + 1e-3:
-        raise ValueError(f"{name} must be RGB in [0, 1] (methods normalise it themselves), "
-                         f"got values in [{float(images.min()):.3g}, {float(images.max()):.3g}]")
+    require_finite(images, f"{name} has NaN or infinite values")
+    require_all(images, lambda x: (x >= -1e-3) & (x <= 1 + 1e-3),
+                lambda: f"{name} must be RGB in [0, 1] (methods normalise it themselves), "
+                        f"got values in [{float(images.min()):.3g}, {float(images.max()):.3g}]")
     return images
 
 
@@ -71,8 +75,7 @@ def check_tags(labels: object, batch_size: int, num_classes: int, name: str = "l
     if labels.is_complex():
         raise TypeError(f"{name} must be bool, integer or float, got {labels.dtype}")
     values = labels.float()
-    if not ((values == 0) | (values == 1)).all():
-        raise ValueError(f"{name} must hold only 0 and 1 (multi-hot tags)")
+    require_all(values, lambda v: (v == 0) | (v == 1), f"{name} must hold only 0 and 1 (multi-hot tags)")
     return values
 
 
@@ -93,11 +96,10 @@ def check_probs(probs: object, name: str = "probs", *, ndim: int = 4) -> Tensor:
         raise TypeError(f"{name} must be a float tensor, got dtype {probs.dtype}")
     if probs.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D (B x C x H x W), got shape {tuple(probs.shape)}")
-    if not torch.isfinite(probs).all():
-        raise ValueError(f"{name} has NaN or infinite values")
-    if probs.numel() and (probs.min() < 0 or probs.max() > 1 + 1e-4):
-        raise ValueError(f"{name} must be probabilities in [0, 1], got values in "
-                         f"[{float(probs.min()):.3g}, {float(probs.max()):.3g}]")
+    require_finite(probs, f"{name} has NaN or infinite values")
+    require_all(probs, lambda p: (p >= 0) & (p <= 1 + 1e-4),
+                lambda: f"{name} must be probabilities in [0, 1], got values in "
+                        f"[{float(probs.min()):.3g}, {float(probs.max()):.3g}]")
     return probs
 
 
@@ -111,9 +113,8 @@ def check_label_map(label_map: object, name: str, *, num_labels: int, ignore_ind
         expected = " x ".join(map(str, shape)) if shape is not None else "B x H x W"
         raise ValueError(f"{name} must be {expected}, got shape {tuple(label_map.shape)}")
     label_map = label_map.long()
-    valid = (label_map >= 0) & (label_map < num_labels) | (label_map == ignore_index)
-    if not valid.all():
-        raise ValueError(f"{name} must hold labels in [0, {num_labels}) or {ignore_index} (ignore)")
+    require_all(label_map, lambda m: (m >= 0) & (m < num_labels) | (m == ignore_index),
+                f"{name} must hold labels in [0, {num_labels}) or {ignore_index} (ignore)")
     return label_map
 
 
