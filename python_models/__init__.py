@@ -16,11 +16,13 @@ each on the wsss_ext kernel it needs, usable one piece at a time.
 from python_models import augment, backbones, data, heads, losses, memory, pseudo
 from python_models.backbones import ResNet, resnet50, resnet101, resnet_tiny
 from python_models.methods import METHODS, Method, WSSSMethod, create
+from python_models.methods import VideoMethod
 
 __all__ = [
     "METHODS",
     "Method",
     "ResNet",
+    "VideoMethod",
     "WSSSMethod",
     "augment",
     "backbones",

@@ -92,3 +92,16 @@ __all__ = [
     "two_view_batch",
     "upsample_mask",
 ]
+# colour spaces and targets of the video correspondence methods
+from python_models.augment.colour import (  # noqa: E402
+    channel_dropout,
+    colour_centroids,
+    grayscale_lab,
+    lab_to_rgb,
+    normalize_lab,
+    quantize_colours,
+    rgb_to_lab,
+)
+
+__all__ += ["channel_dropout", "colour_centroids", "grayscale_lab", "lab_to_rgb", "normalize_lab",
+            "quantize_colours", "rgb_to_lab"]

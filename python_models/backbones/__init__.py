@@ -14,12 +14,14 @@ from collections.abc import Callable
 from torch import nn
 
 from python_models.backbones.resnet import Bottleneck, ResNet, resnet50, resnet101, resnet_tiny
+from python_models.backbones.resnet import BasicBlock, resnet18, resnet18_tiny
 from python_models.backbones.resnet38d import ResNet38d, convert_mxnet_names, resnet38d, resnet38d_tiny
 from python_models.backbones.vgg import VGGLargeFOV, vgg16_largefov, vgg_tiny
 from python_models.backbones.vit import VisionTransformer, interpolate_pos_embed, set_drop_path, vit_backbone, vit_small, vit_tiny
 
 __all__ = [
     "BACKBONES",
+    "BasicBlock",
     "Bottleneck",
     "ResNet",
     "ResNet38d",
@@ -29,6 +31,8 @@ __all__ = [
     "convert_mxnet_names",
     "interpolate_pos_embed",
     "resnet101",
+    "resnet18",
+    "resnet18_tiny",
     "resnet38d",
     "resnet38d_tiny",
     "resnet50",
@@ -46,6 +50,8 @@ BACKBONES: dict[str, tuple[Callable[..., nn.Module], bool]] = {
     "resnet50": (resnet50, True),
     "resnet101": (resnet101, True),
     "resnet_tiny": (resnet_tiny, True),
+    "resnet18": (resnet18, True),  # output stride 4 by default (the video methods)
+    "resnet18_tiny": (resnet18_tiny, True),
     "resnet38d": (resnet38d, True),  # output stride 8 only
     "resnet38d_tiny": (resnet38d_tiny, True),
     "vgg16_largefov": (vgg16_largefov, False),

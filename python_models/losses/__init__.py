@@ -127,3 +127,7 @@ __all__ = [
     "unpatchify",
     "with_background",
 ]
+# the video correspondence methods (colorization, CorrFlow, MAST, SS-VOS)
+from python_models.losses.video import colour_cross_entropy, lab_reconstruction_loss  # noqa: E402
+
+__all__ += ["colour_cross_entropy", "lab_reconstruction_loss"]

@@ -3,6 +3,7 @@ published ``DEFAULTS``; ``METHODS`` and ``create`` find them by key.
 Importing a method's module registers it."""
 
 from python_models.methods.base import IGNORE_INDEX, Method, WSSSMethod, synthetic_tagged_batch
+from python_models.methods.base import VideoMethod, synthetic_video_batch
 from python_models.methods.registry import METHODS, create, register
 
 from python_models.methods.affinitynet import AffinityNet  # noqa: E402  (each module registers its method)
@@ -22,6 +23,7 @@ from python_models.methods.irnet import IRNet  # noqa: E402
 from python_models.methods.jigsaw import Jigsaw  # noqa: E402
 from python_models.methods.leopart import Leopart  # noqa: E402
 from python_models.methods.mae import MAE  # noqa: E402
+from python_models.methods.mast import MAST  # noqa: E402
 from python_models.methods.mil import MIL  # noqa: E402
 from python_models.methods.moco import MoCo  # noqa: E402
 from python_models.methods.npid import NPID  # noqa: E402
@@ -57,6 +59,7 @@ __all__ = [
     "Jigsaw",
     "Leopart",
     "MAE",
+    "MAST",
     "Method",
     "METHODS",
     "MIL",
@@ -75,5 +78,7 @@ __all__ = [
     "SSSS",
     "SwAV",
     "synthetic_tagged_batch",
+    "synthetic_video_batch",
+    "VideoMethod",
     "WSSSMethod",
 ]

@@ -1,0 +1,181 @@
+"""The pieces of the self-supervised correspondence networks (colorization,
+CorrFlow, MAST, SS-VOS): the encoder, the windowed pointer over reference
+frames with either border rule, and MAST's long-term coarse search.
+
+- :class:`CorrespondenceEncoder`: a stride-4 backbone and a 3 x 3 convolution
+  to ``dim`` channels (MAST / CorrFlow ``post_convolution``: 256 -> 64).
+- :func:`propagate`: ``wsss_ext.propagate_labels`` with a border rule:
+  ``"zero"`` (MAST: an out-of-frame tap stays in the softmax with score 0 and
+  label 0, so the label mass is below 1 near borders) or ``"exclude"``
+  (CorrFlow: padded taps get score -1e10, the mass is exactly 1).
+- :func:`coarse_offsets` / :func:`align`: MAST's long-term memory read; a
+  dilated 25 x 25 correlation (``wsss_ext.correlation``), softmax, soft-argmax
+  offset times the dilation, and the reference moved by it.
+- :func:`read_memory`: short-term and aligned long-term references in one
+  softmax over all references x taps (MAST ``colorizer.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import wsss_ext
+
+__all__ = [
+    "BORDERS",
+    "CorrespondenceEncoder",
+    "align",
+    "coarse_offsets",
+    "native_border",
+    "propagate",
+    "read_memory",
+]
+
+BORDERS = ("zero", "exclude")
+MAST_LONG_TERM_GAP = 15      # colorizer.py dil_int: references more than 15 frames back are searched
+MAST_SEARCH_RADIUS = 12      # colorizer.py memory_patch_R: a 25 x 25 coarse search
+MAST_MAX_DILATION = 4        # colorizer.py: "The maximum dilation rate is 4"
+
+
+class CorrespondenceEncoder(nn.Module):
+    """Frame features for matching: ``backbone`` (stride 4 in CorrFlow and
+    MAST) then a 3 x 3 convolution to ``dim`` channels (their ``post_convolution``).
+
+    Shape: B x C_in x H x W (normalised images) -> B x dim x H/stride x W/stride.
+    """
+
+    def __init__(self, backbone: nn.Module, dim: int = 64) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projection = nn.Conv2d(int(backbone.out_channels), dim, 3, padding=1)
+        self.out_channels = dim
+        self.stride = int(getattr(backbone, "output_stride", 4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.projection(self.backbone(x))
+
+
+@functools.lru_cache(maxsize=1)
+def native_border() -> bool:
+    """Whether the installed ``wsss_ext.propagate_labels`` takes ``border=``."""
+    return "border" in inspect.signature(wsss_ext.propagate_labels).parameters
+
+
+def propagate(query: Tensor, keys: Tensor, values: Tensor, radius: int, temperature: float = 1.0,
+              topk: int | None = None, border: str = "zero") -> Tensor:
+    """``wsss_ext.propagate_labels`` under a border rule (module docstring).
+
+    Args:
+        query: B x C x h x w target features; keys: B x R x C x h x w;
+            values: B x R x L x h x w reference labels or colours.
+        radius, temperature, topk: as in ``wsss_ext.propagate_labels``.
+        border: ``"zero"`` or ``"exclude"``.
+
+    Returns:
+        B x L x h x w, differentiable in all three.
+
+    ``"exclude"`` uses the kernel's own option when the installed op has it;
+    otherwise it is computed exactly from the zero rule: with a channel of
+    ones appended to the values, that channel's output is the softmax mass
+    of the in-frame taps, Z_in / Z, and dividing by it gives the softmax over
+    the in-frame taps alone. Top-k with ``"exclude"`` needs the native option
+    (the zero taps could take top-k places).
+    """
+    if border not in BORDERS:
+        raise ValueError(f"border must be one of {BORDERS}, got {border!r}")
+    if border == "zero" or native_border():
+        extra = {"border": border} if native_border() else {}
+        return wsss_ext.propagate_labels(query, keys, values, radius, temperature, topk, **extra)
+    if topk is not None:
+        raise ValueError("border='exclude' with topk needs a wsss_ext whose propagate_labels takes border=")
+    if not isinstance(values, Tensor) or values.dim() != 5:
+        raise ValueError(f"values must be B x R x L x H x W, got {getattr(values, 'shape', type(values).__name__)}")
+    ones = values.new_ones(values.shape[:2] + (1,) + values.shape[3:])
+    out = wsss_ext.propagate_labels(query, keys, torch.cat([values, ones], 2), radius, temperature)
+    mass = out[:, -1:].clamp_min(torch.finfo(out.dtype).tiny)
+    return out[:, :-1] / mass
+
+
+def _base_grid(height: int, width: int, like: Tensor) -> Tensor:
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=like.dtype, device=like.device),
+                            torch.arange(width, dtype=like.dtype, device=like.device), indexing="ij")
+    return torch.stack([xs, ys], -1)  # h x w x 2, (x, y) in pixels
+
+
+def coarse_offsets(query: Tensor, key: Tensor, dilation: int, radius: int = MAST_SEARCH_RADIUS) -> Tensor:
+    """MAST's coarse search of a long-term reference: the correlation of each
+    query pixel with a (2 radius + 1)^2 grid of key pixels ``dilation`` apart
+    (``wsss_ext.correlation``, patch 25, ``dilation_patch`` 2-4), a softmax
+    over the grid, and the expected displacement, in pixels.
+
+    Shape: B x C x h x w query and key -> B x h x w x 2 offsets (x, y).
+    """
+    b, _, h, w = query.shape
+    side = 2 * radius + 1
+    cost = wsss_ext.correlation(query, key, patch_size=side, dilation_patch=dilation)  # B x side x side x h x w
+    weights = torch.softmax(cost.reshape(b, side * side, h, w), dim=1).reshape(b, side, side, h, w)
+    steps = torch.arange(-radius, radius + 1, dtype=weights.dtype, device=weights.device) * dilation
+    dy = (weights.sum(2) * steps.view(1, side, 1, 1)).sum(1)
+    dx = (weights.sum(1) * steps.view(1, side, 1, 1)).sum(1)
+    return torch.stack([dx, dy], -1)
+
+
+def align(x: Tensor, offsets: Tensor) -> Tensor:
+    """``x`` read at each pixel plus its offset (bilinear, zero outside the
+    frame, as MAST's ``deform_im2col`` pads): out[p] = x[p + offsets[p]].
+
+    Shape: B x C x h x w and B x h x w x 2 (x, y) -> B x C x h x w.
+
+    Note: MAST samples the whole window at the centre's offset
+    (x[p + offset(p) + d]); aligning first and then reading the window gives
+    x[p + d + offset(p + d)], the same wherever the offset field is constant
+    over the window, and lets the stride-free kernel read it.
+    """
+    b, _, h, w = x.shape
+    target = _base_grid(h, w, offsets) + offsets
+    grid = torch.stack([2 * target[..., 0] / max(w - 1, 1) - 1, 2 * target[..., 1] / max(h - 1, 1) - 1], -1)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def long_term_dilation(gap: int, threshold: int = MAST_LONG_TERM_GAP) -> int:
+    """MAST's dilation of the coarse search for a reference ``gap`` frames
+    back: ``min(4, gap // 15 + 1)``; 0 (no search) when ``gap <= 15``."""
+    return 0 if gap <= threshold else min(MAST_MAX_DILATION, gap // threshold + 1)
+
+
+def read_memory(query: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor], radius: int,
+                dilations: Sequence[int] | None = None, temperature: float = 1.0, border: str = "zero",
+                search_radius: int = MAST_SEARCH_RADIUS) -> Tensor:
+    """MAST's memory read: every reference through its window, the long-term
+    ones (``dilations[r] > 0``) first moved by their coarse-search offsets
+    (:func:`coarse_offsets`, :func:`align`), then one softmax over all
+    references x taps (:func:`propagate`).
+
+    Args:
+        query: B x C x h x w; keys: R tensors B x C x h x w; values: R tensors B x L x h x w.
+        radius: the window radius (MAST: 6 in training, 12 at test).
+        dilations: per reference, 0 (short-term) or the coarse search's dilation.
+
+    Returns:
+        B x L x h x w.
+    """
+    if len(keys) != len(values) or not keys:
+        raise ValueError(f"keys and values must be equally long, non-empty lists, got {len(keys)} and {len(values)}")
+    dilations = [0] * len(keys) if dilations is None else list(dilations)
+    if len(dilations) != len(keys):
+        raise ValueError(f"dilations must give one value per reference ({len(keys)}), got {len(dilations)}")
+    aligned_keys, aligned_values = [], []
+    for key, value, dilation in zip(keys, values, dilations):
+        if dilation:
+            offsets = coarse_offsets(query, key, int(dilation), search_radius)
+            key, value = align(key, offsets), align(value, offsets)
+        aligned_keys.append(key)
+        aligned_values.append(value)
+    return propagate(query, torch.stack(aligned_keys, 1), torch.stack(aligned_values, 1), radius, temperature,
+                     border=border)
