@@ -150,9 +150,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_label_map(path: str | os.PathLike) -> np.ndarray:
-    """H x W int64 labels of a palette (or grey) PNG; errors as read_image's."""
+    """H x W int64 labels of a palette or grey (8, 16 or 32-bit) PNG; errors as read_image's."""
     with _open_image(path, "label map") as image:
-        if image.mode not in ("P", "L", "I"):
+        if image.mode not in ("P", "L", "I") and not image.mode.startswith("I;16"):
             raise BadFileError(path, f"a label map must be a palette or grey image, got mode {image.mode}")
         return np.asarray(image).astype(np.int64)
 

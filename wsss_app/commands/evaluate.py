@@ -14,13 +14,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--pred", type=Path, required=True)
     parser.add_argument("--gt", type=Path, required=True)
     parser.add_argument("--ignore-index", type=int, default=255)
-    parser.add_argument("--n-classes", type=int, default=None, help="default: the largest label seen + 1")
+    parser.add_argument("--n-classes", type=int, default=None,
+                        help="1 to 256 (masks are uint8 PNGs); default: the largest label seen + 1")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args) -> int:
-    from wsss_app.pipeline.files import evaluate_folders
+    from wsss_app.pipeline.files import check_n_classes, evaluate_folders
 
+    check_n_classes(args.n_classes, "--n-classes")
     result = evaluate_folders(args.pred, args.gt, args.n_classes, args.ignore_index)
     if args.json:
         print(json.dumps(result, indent=2))
