@@ -38,8 +38,8 @@ import struct
 import threading
 import warnings
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +22,17 @@ from PIL import Image
 from wsss_app import cli
 from wsss_app.pipeline import files, make_dataset
 from wsss_app.pipeline.files import evaluate_folders, refine_folder
-from wsss_ext.io import (MAX_CAM_CLASSES, BadFileError, atomic_write, prepare_output_dir, read_cam, read_image,
-                         read_label_map, write_array, write_label_map)
+from wsss_ext.io import (
+    MAX_CAM_CLASSES,
+    BadFileError,
+    atomic_write,
+    prepare_output_dir,
+    read_cam,
+    read_image,
+    read_label_map,
+    write_array,
+    write_label_map,
+)
 
 # --- bad files, made by hand -------------------------------------------------------------------------
 
@@ -137,11 +147,10 @@ def test_bad_file_error_survives_pickling(tmp_path):
 def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path):
     target = tmp_path / "mask.png"
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError, match="encoder died"):
-        with atomic_write(target) as temporary:
-            assert temporary.parent == tmp_path and temporary.name.startswith(".tmp-")
-            temporary.write_bytes(b"half")
-            raise RuntimeError("encoder died")
+    with pytest.raises(RuntimeError, match="encoder died"), atomic_write(target) as temporary:
+        assert temporary.parent == tmp_path and temporary.name.startswith(".tmp-")
+        temporary.write_bytes(b"half")
+        raise RuntimeError("encoder died")
     assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["mask.png"]
     with pytest.raises(ValueError, match="Python objects"):
         write_array(tmp_path / "objects.npy", np.array([None, 1], dtype=object))
@@ -160,7 +169,7 @@ def test_written_files_get_the_umask_mode_not_mkstemp_0600(tmp_path):
 
 
 # Run from elsewhere than the repository, whose wsss_ext/ source folder would shadow the installed package.
-_CHILD_OPTIONS = dict(cwd="/", env={**os.environ, "OMP_NUM_THREADS": "1"})
+_CHILD_OPTIONS = {"cwd": "/", "env": {**os.environ, "OMP_NUM_THREADS": "1"}}
 
 CHILD = textwrap.dedent("""
     import sys, time
@@ -294,7 +303,7 @@ def test_refine_skips_every_bad_file_by_name_and_keeps_the_good_ones_of_its_batc
 
 
 def test_a_batch_the_chain_refuses_is_refined_image_by_image(tmp_path, monkeypatch):
-    data, images, cams, stems = _good_folder(tmp_path)
+    data, images, cams, _ = _good_folder(tmp_path)
     real_refine = files.refine
 
     def refuses_good1(images_batch, cams_batch, **kwargs):
@@ -322,20 +331,32 @@ def test_refine_refuses_an_out_that_is_a_file_before_any_work(tmp_path, capsys):
     assert out.read_bytes() == b"not a folder"
 
 
+def _cannot_create_files_in(folder) -> bool:
+    try:
+        os.close(os.open(folder / ".probe-of-the-test", os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    except OSError:
+        return True
+    (folder / ".probe-of-the-test").unlink()
+    return False
+
+
 def test_refine_refuses_a_read_only_out_before_any_work(tmp_path, capsys):
     _, images, cams, _ = _good_folder(tmp_path, n=1)
     out = tmp_path / "read_only"
     out.mkdir()
     out.chmod(0o555)
     try:
-        if os.access(out, os.W_OK):
-            pytest.skip("chmod does not stop this user (root) from writing")
+        if os.access(out, os.W_OK):  # root ignores the mode: try sysfs, read-only even to root
+            out = Path("/sys")
+            if not out.is_dir() or not _cannot_create_files_in(out):
+                pytest.skip("chmod does not stop this user (root) from writing, and /sys is writable")
+        before = sorted(out.iterdir())
         assert _refine(images, cams, out) == 2
         errors = capsys.readouterr().err
         assert errors.startswith(f"wsss-ext refine: --out {out}: cannot write files in it") and errors.count("\n") == 1
-        assert list(out.iterdir()) == []
+        assert sorted(out.iterdir()) == before
     finally:
-        out.chmod(0o755)
+        (tmp_path / "read_only").chmod(0o755)
 
 
 def test_refine_names_a_missing_input_folder(tmp_path, capsys):

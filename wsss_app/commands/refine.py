@@ -97,6 +97,9 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     from wsss_app.pipeline.chains import parse_chain
+    from wsss_ext.io import prepare_output_dir
+
+    prepare_output_dir(args.out, "--out")  # a bad --out fails before a run is loaded or a job joined
 
     settings = chain_settings_of(args)
     rank, world_size, device = init_from_env(args.device)

@@ -33,10 +33,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsss_ext.io import (IMAGE_SUFFIXES, MAX_LABELS, BadFileError, prepare_output_dir, read_cam, read_image,
-                         read_label_map, write_label_map, write_overlay)
-from wsss_ext.metrics import confusion_matrix, iou_from_confusion, mean_iou
 from wsss_app.pipeline.chains import ChainSettings, parse_chain, refine
+from wsss_ext.io import (
+    IMAGE_SUFFIXES,
+    MAX_LABELS,
+    BadFileError,
+    prepare_output_dir,
+    read_cam,
+    read_image,
+    read_label_map,
+    write_label_map,
+    write_overlay,
+)
+from wsss_ext.metrics import confusion_matrix, iou_from_confusion, mean_iou
 
 __all__ = ["RefineSummary", "check_n_classes", "evaluate_folders", "pair_files", "refine_folder"]
 
