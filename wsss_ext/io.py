@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "IMAGE_SUFFIXES", "MAX_CAM_CLASSES", "MAX_LABELS", "VOC_PALETTE", "BadFileError", "atomic_write",
+    "IMAGE_SUFFIXES", "MAX_CAM_CLASSES", "MAX_LABELS", "VOC_PALETTE", "BadFileError", "atomic_write", "open_image",
     "prepare_output_dir", "read_array", "read_cam", "read_image", "read_label_map", "write_array",
     "write_label_map", "write_overlay",
 ]
@@ -108,9 +108,16 @@ _PILLOW_ERRORS = (OSError, SyntaxError, EOFError, ValueError, struct.error, zlib
 
 
 @contextlib.contextmanager
-def _open_image(path: str | os.PathLike, what: str):
-    """Open an image lazily (header only) under the decompression-bomb limit;
-    any failure while it is open or decoded becomes a BadFileError."""
+def open_image(path: str | os.PathLike, what: str = "image"):
+    """The PIL image of ``path``, opened lazily (its header only, so ``size``
+    and ``mode`` cost nothing), with the checks of read_image: an empty file, a
+    header over the decompression-bomb limit or an unidentified format raise
+    BadFileError, and so does a decoding failure inside the block; ``what``
+    names the file's role in the message::
+
+        with open_image(path, "mask") as image:
+            width, height = image.size
+    """
     from PIL import Image
 
     path = Path(path)
@@ -145,13 +152,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """H x W x 3 uint8 RGB. Raises BadFileError (a ValueError) naming the file
     if it is empty, truncated, not an image, or declares more pixels than
     ``PIL.Image.MAX_IMAGE_PIXELS``."""
-    with _open_image(path, "image") as image:
+    with open_image(path, "image") as image:
         return np.array(image.convert("RGB"))
 
 
 def read_label_map(path: str | os.PathLike) -> np.ndarray:
     """H x W int64 labels of a palette or grey (8, 16 or 32-bit) PNG; errors as read_image's."""
-    with _open_image(path, "label map") as image:
+    with open_image(path, "label map") as image:
         if image.mode not in ("P", "L", "I") and not image.mode.startswith("I;16"):
             raise BadFileError(path, f"a label map must be a palette or grey image, got mode {image.mode}")
         return np.asarray(image).astype(np.int64)

@@ -26,6 +26,7 @@ from wsss_ext.io import (
     MAX_CAM_CLASSES,
     BadFileError,
     atomic_write,
+    open_image,
     prepare_output_dir,
     read_cam,
     read_image,
@@ -125,8 +126,14 @@ def test_read_cam_returns_the_saved_values_as_float32(tmp_path):
     assert read_cam(tmp_path / "ints.npy")[1, 2, 3] == 23.0
 
 
+def _decoded_size(path):
+    with open_image(path) as image:
+        image.load()
+        return image.size
+
+
 @pytest.mark.parametrize("name", sorted(BAD_IMAGES))
-@pytest.mark.parametrize("reader", [read_image, read_label_map])
+@pytest.mark.parametrize("reader", [read_image, read_label_map, _decoded_size])
 def test_image_readers_refuse_a_bad_file_by_name(tmp_path, name, reader):
     contents, phrase = BAD_IMAGES[name]
     (tmp_path / name).write_bytes(contents)
