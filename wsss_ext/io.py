@@ -30,6 +30,7 @@ with PASCAL VOC's colours (what VOC evaluation tools and viewers expect).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import secrets
@@ -178,7 +179,8 @@ def _read_npy_header(handle, path: Path) -> tuple[tuple[int, ...], np.dtype, int
             raise ValueError(f"unsupported .npy format version {version}")
     except (ValueError, EOFError, SyntaxError) as error:
         raise BadFileError(path, f"not a .npy array file ({error})") from None
-    return shape, dtype, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python integers: a hostile shape's product must not wrap around in int64.
+    return shape, dtype, math.prod(shape) * dtype.itemsize
 
 
 _KIND_NAMES = {"b": "bool", "i": "signed integer", "u": "unsigned integer", "f": "floating-point", "c": "complex"}
@@ -208,7 +210,7 @@ def read_array(path: str | os.PathLike, *, ndim: int | None = None, kinds: str =
         if dtype.hasobject:
             raise BadFileError(path, "the array holds Python objects (pickled data), which are never loaded")
         if dtype.kind not in kinds or dtype.fields is not None:
-            expected = " or ".join(_KIND_NAMES[kind] for kind in kinds)
+            expected = " or ".join(_KIND_NAMES.get(kind, repr(kind)) for kind in kinds)
             raise BadFileError(path, f"dtype {dtype} is not accepted: expected {expected} data")
         if ndim is not None and len(shape) != ndim:
             raise BadFileError(path, f"expected a {ndim}-d array, got shape {shape}")

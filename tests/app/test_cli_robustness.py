@@ -28,6 +28,7 @@ from wsss_ext.io import (
     atomic_write,
     open_image,
     prepare_output_dir,
+    read_array,
     read_cam,
     read_image,
     read_label_map,
@@ -130,6 +131,17 @@ def _decoded_size(path):
     with open_image(path) as image:
         image.load()
         return image.size
+
+
+def test_read_array_checks_a_huge_declared_shape_without_overflow_or_allocation(tmp_path):
+    # 2**62 x 2**62 float32: the product wraps around in int64; the file holds no data at all.
+    (tmp_path / "huge.npy").write_bytes(npy_header_only((2**62, 2**62)))
+    with pytest.raises(BadFileError, match="truncated: .*85,070,591,730,234,615,865,843,651,857,942,052,864 bytes"):
+        read_array(tmp_path / "huge.npy")
+    np.save(tmp_path / "ints.npy", np.arange(6).reshape(2, 3))
+    assert read_array(tmp_path / "ints.npy").tolist() == [[0, 1, 2], [3, 4, 5]]
+    with pytest.raises(BadFileError, match="expected a 3-d array"):
+        read_array(tmp_path / "ints.npy", ndim=3)
 
 
 @pytest.mark.parametrize("name", sorted(BAD_IMAGES))
