@@ -17,10 +17,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from python_models._checks import check_int, check_real
 from wsss_ext.ops._checks import require_finite
@@ -28,11 +29,13 @@ from python_models.pseudo.clustering import kmeans
 
 __all__ = [
     "CORRFLOW_DROPOUT",
+    "ColourQuantizer",
     "LAB_SCALE",
     "LAB_SHIFT",
     "MAST_DROPOUT",
     "channel_dropout",
     "colour_centroids",
+    "gamut_centroids",
     "denormalize_lab",
     "grayscale_lab",
     "lab_to_rgb",
@@ -222,6 +225,20 @@ def colour_centroids(lab: Tensor, k: int = 16, samples: int = 10000, n_iters: in
     return centroids
 
 
+@functools.lru_cache(maxsize=4)
+def _gamut_centroids(k: int, samples: int, seed: int) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    rgb = torch.rand(1, 3, 1, samples, generator=g, dtype=torch.float64)
+    return colour_centroids(rgb_to_lab(rgb), k, samples, 20, g).float()
+
+
+def gamut_centroids(k: int = 16, samples: int = 10000, seed: int = 0) -> Tensor:
+    """k ab centroids of ``samples`` sRGB colours drawn uniformly (seeded,
+    cached): a data-free stand-in for CorrFlow's Kinetics centroids, which
+    :func:`colour_centroids` on the training frames replaces. Returns k x 2."""
+    return _gamut_centroids(check_int(k, "k", minimum=1), check_int(samples, "samples", minimum=1), int(seed)).clone()
+
+
 def quantize_colours(lab: Tensor, centroids: Tensor) -> Tensor:
     """Each pixel's nearest ab centroid (Euclidean, CorrFlow ``quantized_color_preprocess``).
 
@@ -235,3 +252,33 @@ def quantize_colours(lab: Tensor, centroids: Tensor) -> Tensor:
     points = ab.movedim(-3, -1)
     distance = ((points.unsqueeze(-2) - centroids.to(points)) ** 2).sum(-1)
     return distance.argmin(-1)
+
+
+class ColourQuantizer(nn.Module):
+    """Quantised colour targets: RGB in [0, 1] -> the index of each pixel's
+    nearest ab centroid (:func:`quantize_colours`), with the centroids as a
+    persistent buffer (saved with a checkpoint).
+
+    Starts at :func:`gamut_centroids` (no data needed); :meth:`fit` replaces
+    them by :func:`colour_centroids` of training frames, as CorrFlow and
+    Vondrick et al. cluster their training videos' colours.
+
+    Shape: ... x 3 x H x W -> ... x H x W int64 in [0, k).
+    """
+
+    def __init__(self, k: int = 16) -> None:
+        super().__init__()
+        self.register_buffer("centroids", gamut_centroids(k))
+
+    @property
+    def k(self) -> int:
+        return int(self.centroids.shape[0])
+
+    def forward(self, images: Tensor) -> Tensor:
+        return quantize_colours(rgb_to_lab(images), self.centroids)
+
+    @torch.no_grad()
+    def fit(self, images: Tensor, samples: int = 10000, generator: torch.Generator | None = None) -> Tensor:
+        """Set the centroids to k-means of the ab colours of RGB ``images``; returns them."""
+        self.centroids.copy_(colour_centroids(rgb_to_lab(images), self.k, samples, generator=generator))
+        return self.centroids

@@ -13,6 +13,8 @@ frames with either border rule, and MAST's long-term coarse search.
   offset times the dilation, and the reference moved by it.
 - :func:`read_memory`: short-term and aligned long-term references in one
   softmax over all references x taps (MAST ``colorizer.py``).
+- :func:`reconstruct_dropped`: MAST's training read-out, a dropped Lab
+  channel of the last frame rebuilt from the earlier frames'.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ __all__ = [
     "coarse_offsets",
     "native_border",
     "propagate",
+    "long_term_dilation",
     "read_memory",
+    "reconstruct_dropped",
 ]
 
 BORDERS = ("zero", "exclude")
@@ -179,3 +183,35 @@ def read_memory(query: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor],
         aligned_values.append(value)
     return propagate(query, torch.stack(aligned_keys, 1), torch.stack(aligned_values, 1), radius, temperature,
                      border=border)
+
+
+def reconstruct_dropped(encoder: nn.Module, lab: Tensor, dropped: Sequence[int], radius: int,
+                        dilations: Sequence[int] | None = None, temperature: float = 1.0, border: str = "zero",
+                        search_radius: int = MAST_SEARCH_RADIUS) -> tuple[Tensor, Tensor]:
+    """MAST's training read-out (``main.py compute_lphoto``): the clip's
+    ``dropped`` Lab channels are zeroed in every frame and the rest rescaled
+    (``channel_dropout``'s rule), all frames encoded, and the last frame's
+    true dropped channels reconstructed from the earlier frames' ones,
+    subsampled to the feature grid (``prep``: every stride-th pixel), by
+    :func:`read_memory`.
+
+    Args:
+        encoder: normalised-Lab images B x 3 x H x W -> features B x D x h x w (with ``stride``).
+        lab: B x T x 3 x H x W normalised Lab clip, T >= 2 (T - 1 references, then the target).
+        dropped: the hidden channels.
+
+    Returns:
+        ``(reconstruction B x |dropped| x h x w, target B x |dropped| x H x W)``.
+    """
+    channels = list(dropped)
+    total = lab.shape[2]
+    keep = torch.ones(total, dtype=lab.dtype, device=lab.device)
+    keep[channels] = 0
+    seen = lab * (keep * total / (total - len(channels))).view(total, 1, 1)
+    b, t = lab.shape[:2]
+    features = encoder(seen.flatten(0, 1)).unflatten(0, (b, t))
+    stride = int(getattr(encoder, "stride", 4))
+    keys = [features[:, i] for i in range(t - 1)]
+    values = [lab[:, i, channels, ::stride, ::stride] for i in range(t - 1)]
+    out = read_memory(features[:, -1], keys, values, radius, dilations, temperature, border, search_radius)
+    return out, lab[:, -1, channels]

@@ -6,6 +6,8 @@
 - :func:`colour_cross_entropy`: the negative log-likelihood of quantised
   colours under a propagated distribution, ``-log(p + 1e-8)`` after the
   same upsampling (CorrFlow ``main.py cross_entropy``; Vondrick et al.'s CE).
+- :func:`scheduled_sampling_threshold`: CorrFlow's probability of using the
+  true colours of a reference, 0.9 -> 0.6 over training.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from torch import Tensor
 from python_models._checks import check_maps
 from wsss_ext.ops._checks import require_all, require_finite
 
-__all__ = ["CORRFLOW_EPS", "MAST_LOSS_SCALE", "colour_cross_entropy", "lab_reconstruction_loss"]
+__all__ = [
+    "CORRFLOW_EPS",
+    "MAST_LOSS_SCALE",
+    "colour_cross_entropy",
+    "lab_reconstruction_loss",
+    "scheduled_sampling_threshold",
+]
 
 MAST_LOSS_SCALE = 20.0  # compute_lphoto: F.smooth_l1_loss(outputs * 20, tar_y * 20)
 CORRFLOW_EPS = 1e-8     # cross_entropy: F.nll_loss(torch.log(input + 1e-8), target)
@@ -72,3 +80,15 @@ def colour_cross_entropy(probs: Tensor, target: Tensor, eps: float = CORRFLOW_EP
     require_all(target, lambda t: (t >= 0) & (t < k), f"target must hold colour indices in [0, {k})")
     up = _upsample(probs, target.shape[-2:])
     return F.nll_loss((up + eps).log(), target.long())
+
+
+def scheduled_sampling_threshold(step: int, max_steps: int, start: float = 0.9, end: float = 0.6) -> float:
+    """CorrFlow's probability of feeding the *true* reference colours (not the
+    model's own previous prediction) at ``step`` of ``max_steps``: linear
+    from ``start`` 0.9 to ``end`` 0.6 (``main.py compute_ls``:
+    ``eps_s - (eps_s - eps_e) * current_batch / total_batch``); ``start``
+    while ``max_steps`` is unknown (0)."""
+    if max_steps <= 0:
+        return float(start)
+    fraction = min(max(step / max_steps, 0.0), 1.0)
+    return float(start - (start - end) * fraction)

@@ -9,8 +9,10 @@ from python_models.methods.registry import METHODS, create, register
 from python_models.methods.affinitynet import AffinityNet  # noqa: E402  (each module registers its method)
 from python_models.methods.bigbigan import BigBiGAN  # noqa: E402
 from python_models.methods.cam import CAM  # noqa: E402
+from python_models.methods.colorization import Colorization  # noqa: E402
 from python_models.methods.context_encoder import ContextEncoder  # noqa: E402
 from python_models.methods.context_prediction import ContextPrediction  # noqa: E402
+from python_models.methods.corrflow import CorrFlow  # noqa: E402
 from python_models.methods.deepcluster import DeepCluster  # noqa: E402
 from python_models.methods.dino import DINO  # noqa: E402
 from python_models.methods.dsrg import DSRG  # noqa: E402
@@ -37,14 +39,17 @@ from python_models.methods.simclr import SimCLR  # noqa: E402
 from python_models.methods.simmim import SimMIM  # noqa: E402
 from python_models.methods.simple_does_it import SimpleDoesIt  # noqa: E402
 from python_models.methods.ssss import SSSS  # noqa: E402
+from python_models.methods.ssvos import SSVOS  # noqa: E402
 from python_models.methods.swav import SwAV  # noqa: E402
 
 __all__ = [
     "AffinityNet",
     "BigBiGAN",
     "CAM",
+    "Colorization",
     "ContextEncoder",
     "ContextPrediction",
+    "CorrFlow",
     "create",
     "DeepCluster",
     "DINO",
@@ -76,6 +81,7 @@ __all__ = [
     "SimMIM",
     "SimpleDoesIt",
     "SSSS",
+    "SSVOS",
     "SwAV",
     "synthetic_tagged_batch",
     "synthetic_video_batch",

@@ -205,7 +205,7 @@ class VideoMethod(Method):
     H/STRIDE x W/STRIDE (each applies its own input transform: Lab, lightness,
     ImageNet normalisation), ``losses`` and ``memory(t)``, the reference
     frames of target ``t`` with their coarse-search dilations. Their
-    ``DEFAULTS`` hold ``test_radius``, ``temperature`` and ``n_recent``, and
+    ``DEFAULTS`` hold ``test_radius`` (None: global), ``temperature`` and ``n_recent``, and
     ``BORDER`` is their border rule (``"zero"``: MAST; ``"exclude"``: CorrFlow).
 
     ``forward(images)`` is ``encode`` on checked images (pure); ``embed(frames)``
@@ -314,8 +314,17 @@ class VideoMethod(Method):
         labels, n_labels = self._first_labels(first_labels, size, n_labels)
         features = self.embed(frames)
         return propagate_video(features, labels.to(features.device), n_labels, self.memory, read_memory,
-                               radius=int(self.config.test_radius), temperature=float(self.config.temperature),
-                               border=self.BORDER, progress=progress)
+                               radius=self.window_radius(self.config.test_radius, features.shape[-2:]),
+                               temperature=float(self.config.temperature), border=self.BORDER, progress=progress)
+
+    @staticmethod
+    def window_radius(radius: int | None, grid: tuple[int, int]) -> int:
+        """``radius``, or for ``None`` (global attention) the smallest window that
+        covers a ``grid`` feature map from every pixel, ``max(h, w) - 1``, capped
+        at the kernel's largest radius 64."""
+        if radius is not None:
+            return check_int(radius, "radius", minimum=0)
+        return min(max(int(grid[0]), int(grid[1])) - 1, 64)
 
     def example_batch(self, batch_size: int = 2, image_size: int = 32,
                       generator: torch.Generator | None = None) -> dict[str, Tensor]:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from python_models.augment.colour import MAST_DROPOUT, channel_dropout, normalize_lab, rgb_to_lab
-from python_models.heads.correspondence import CorrespondenceEncoder, long_term_dilation, read_memory
+from python_models.heads.correspondence import CorrespondenceEncoder, long_term_dilation, reconstruct_dropped
 from python_models.losses.video import lab_reconstruction_loss
 from python_models.methods.base import VideoMethod
 from python_models.methods.registry import register
@@ -122,20 +122,12 @@ class MAST(VideoMethod):
     def reconstruct(self, lab: Tensor, dropped: tuple[int, ...]) -> tuple[Tensor, Tensor]:
         """(reconstruction B x |dropped| x h x w of the last frame's dropped
         channels from the others', its target B x |dropped| x H x W) for a
-        normalised-Lab clip B x T x 3 x H x W (the network sees it dropped)."""
+        normalised-Lab clip B x T x 3 x H x W (:func:`python_models.heads.correspondence.reconstruct_dropped`)."""
         config = self.config
-        seen, _ = channel_dropout(lab, dropped, (len(dropped),), 0.0)  # exactly these channels
-        b, t = lab.shape[:2]
-        features = self.encoder(seen.flatten(0, 1)).unflatten(0, (b, t))
-        channels = list(dropped)
-        stride = self.STRIDE
-        keys = [features[:, i] for i in range(t - 1)]
-        values = [lab[:, i, channels, ::stride, ::stride] for i in range(t - 1)]  # MAST prep: x[:, :, ::4, ::4]
-        times = list(config.train_references)
-        dilations = [long_term_dilation(int(config.train_target) - r, int(config.long_term_gap)) for r in times]
-        out = read_memory(features[:, -1], keys, values, int(config.train_radius), dilations,
-                          float(config.temperature), self.BORDER, int(config.search_radius))
-        return out, lab[:, -1, channels]
+        dilations = [long_term_dilation(int(config.train_target) - r, int(config.long_term_gap))
+                     for r in config.train_references]
+        return reconstruct_dropped(self.encoder, lab, dropped, int(config.train_radius), dilations,
+                                   float(config.temperature), self.BORDER, int(config.search_radius))
 
     def losses(self, batch: Mapping[str, Any], step: int = 0) -> dict[str, Tensor]:
         self.check_batch(batch)
