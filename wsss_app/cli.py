@@ -2,6 +2,9 @@
 
     wsss-ext demo          the pseudo-label stage on a built-in synthetic dataset: trains a CAM classifier,
                            refines its CAMs with every chain, reports mIoU, timings and a figure
+    wsss-ext train         train a WSSS method on tagged images (VOC, a tags.csv folder); resumes; torchrun: DDP
+    wsss-ext cams          a trained run's multi-scale CAMs of images as <stem>.npy, the files refine reads
+    wsss-ext pseudo-labels a trained run's own pseudo-masks (palette PNGs); mIoU when the data has masks
     wsss-ext refine        refine your CAMs (.npy) into palette PNG masks; torchrun shards the files
     wsss-ext evaluate      confusion matrix, per-class IoU and mIoU of PNG masks against ground truth
     wsss-ext methods       the registered methods: key, paper, the wsss_ext kernels each runs
@@ -13,10 +16,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from wsss_app.commands import demo, evaluate, info, methods, refine
+from wsss_app.commands import cams, demo, evaluate, info, methods, pseudo_labels, refine, train
 
 # Sub-commands in --help order; each module holds NAME, HELP, add_arguments and run.
-COMMANDS = (demo, refine, evaluate, methods, info)
+COMMANDS = (demo, train, cams, pseudo_labels, refine, evaluate, methods, info)
 
 # The errors a command raises for a user's mistake: printed as one line, exit status 2.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)

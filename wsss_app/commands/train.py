@@ -1,0 +1,138 @@
+"""``wsss-ext train``: train a registered WSSS method on tagged images."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+NAME = "train"
+HELP = "train a WSSS method on tagged images (VOC, a tags.csv folder, or synthetic)"
+DESCRIPTION = (
+    "Train a registered WSSS method (wsss-ext methods) on image-level tags: --data is a PASCAL VOC 2012 folder "
+    "(JPEGImages/, Annotations/, ImageSets/Segmentation/), a folder of images with tags.csv (file name, class "
+    "names), or 'synthetic'. Writes --out/config.json, checkpoint.pt (every epoch, atomically), log.csv and "
+    "log.json; --resume continues from the last checkpoint with the result of an uninterrupted run. Under "
+    "torchrun it trains with DistributedDataParallel (gloo on the CPU, NCCL on CUDA), each process taking its "
+    "share of every batch. Unset settings take the method's published recipe.")
+
+# The settings --resume reads from the run; a different value on the command line is an error.
+_RUN_SETTINGS = {"method": "method", "epochs": "epochs", "batch_size": "batch_size", "image_size": "image_size",
+                 "seed": "seed", "batch_norm": "batch_norm", "split": "split"}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--method", help="a WSSS method key (wsss-ext methods); with --resume, the run's")
+    parser.add_argument("--data", help="VOC root, tags.csv folder or 'synthetic'; with --resume, the run's")
+    parser.add_argument("--out", type=Path, required=True, help="the run folder")
+    parser.add_argument("--split", help="VOC image list (default train_aug if present, else train)")
+    parser.add_argument("--epochs", type=int, help="default: the method's published count, else 5")
+    parser.add_argument("--batch-size", type=int, help="images per optimizer step over all processes "
+                                                       "(default: the method's, else 16)")
+    parser.add_argument("--image-size", type=int, help="training images are resized to S x S "
+                                                       "(default: the method's crop size, else 512)")
+    parser.add_argument("--lr", type=float, help="base learning rate (default: the method's published one, "
+                                                 "else AdamW at 1e-3)")
+    parser.add_argument("--backbone", help="backbone name, e.g. tiny, resnet50 (default: the method's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one of the method's DEFAULTS (VALUE as JSON, else a string); repeatable")
+    parser.add_argument("--batch-norm", choices=("local", "sync", "frozen"),
+                        help="BatchNorm statistics under torchrun (default: sync on CUDA, local on the CPU)")
+    parser.add_argument("--seed", type=int, help="default 0")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default 0)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _parse_sets(pairs: list[str]) -> dict:
+    overrides = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes KEY=VALUE, got {pair!r}")
+        try:
+            overrides[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = text
+    return overrides
+
+
+def _resumed_config(args) -> dict:
+    from wsss_app.pipeline.runs import CHECKPOINT, read_config
+
+    config = read_config(args.out)
+    given = {"method": args.method, "epochs": args.epochs, "batch_size": args.batch_size,
+             "image_size": args.image_size, "seed": args.seed, "batch_norm": args.batch_norm, "split": args.split}
+    clashes = [f"--{flag.replace('_', '-')} {value} (the run has {config[_RUN_SETTINGS[flag]]})"
+               for flag, value in given.items() if value is not None and value != config[_RUN_SETTINGS[flag]]]
+    if args.lr is not None and args.lr != config["optimizer"]["lr"]:
+        clashes.append(f"--lr {args.lr} (the run has {config['optimizer']['lr']})")
+    if args.backbone or args.set:
+        clashes.append("--backbone/--set (the run's method is fixed)")
+    if clashes:
+        raise ValueError(f"--resume continues {args.out} with its own settings; drop {', '.join(clashes)}")
+    if not (args.out / CHECKPOINT).is_file():
+        raise FileNotFoundError(f"--resume: {args.out} has no {CHECKPOINT} yet (no epoch finished); "
+                                f"rerun without --resume after removing {args.out}")
+    return config
+
+
+def run(args) -> int:
+    from wsss_ext.distributed import init_from_env, shutdown
+    from wsss_app.pipeline.datasets import open_dataset
+    from wsss_app.pipeline.runs import CHECKPOINT, CONFIG
+    from wsss_app.pipeline.train_loop import check_trainable, new_run_config, train_run
+
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.resume:
+        config = _resumed_config(args)
+        if args.data is not None and str(args.data) != config["data"] and Path(args.data).resolve() != Path(
+                config["data"]):
+            raise ValueError(f"--resume: the run trained on {config['data']}, not {args.data}")
+    else:
+        if not args.method or not args.data:
+            raise ValueError("--method and --data are required (unless --resume)")
+        if (args.out / CONFIG).exists() or (args.out / CHECKPOINT).exists():
+            raise ValueError(f"{args.out} already holds a run; --resume continues it, or choose another --out")
+        check_trainable(args.method)  # before reading any data
+        overrides = _parse_sets(args.set)
+    rank, world_size, device = init_from_env(args.device)
+    try:
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.set_device(device)
+        if args.resume:
+            dataset = open_dataset(config["data"], config["split"], classes=config["classes"])
+            if len(dataset) != config["images"] and rank == 0:
+                print(f"note: {config['data']} now has {len(dataset)} usable images, the run started with "
+                      f"{config['images']}: the resumed run will differ from an uninterrupted one", file=sys.stderr)
+        else:
+            dataset = open_dataset(args.data, args.split)
+            config = new_run_config(args.method, dataset, epochs=args.epochs, batch_size=args.batch_size,
+                                    image_size=args.image_size, lr=args.lr, seed=args.seed or 0,
+                                    backbone=args.backbone, batch_norm=args.batch_norm, overrides=overrides,
+                                    world_size=world_size, device=device)
+        if rank == 0:
+            _report_dataset(dataset)
+            if world_size > 1 and config["batch_norm"] == "local":
+                print("note: BatchNorm statistics are per process (--batch-norm local); --batch-norm frozen "
+                      "(or sync on CUDA) makes the result equal one process's", file=sys.stderr)
+        result = train_run(args.out, config, dataset, resume=args.resume, device=device, rank=rank,
+                           world_size=world_size, workers=args.workers, progress=not args.no_progress)
+    finally:
+        if world_size > 1:
+            shutdown()
+    if rank == 0:
+        print(f"trained {config['method']} for {result['epochs']} epochs ({result['steps']} steps"
+              + (f", {world_size} processes" if world_size > 1 else "")
+              + f"); last epoch's loss {result['loss']:.4f}; run in {args.out}")
+    return 0
+
+
+def _report_dataset(dataset) -> None:
+    print(dataset.describe())
+    for name, why in sorted(dataset.skipped.items()):
+        print(f"skipped {name}: {why}", file=sys.stderr)
