@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from method_support import one_thread, seeded_batch, traced_ops, train_losses  # noqa: F401  (one_thread: autouse)
+from video_oracles import window_oracle
 
 import python_models
 from python_models.augment.colour import channel_dropout, normalize_lab, rgb_to_lab
@@ -18,20 +19,6 @@ from python_models.methods.mast import MAST, mast_memory
 def _tiny(**overrides) -> MAST:
     torch.manual_seed(0)
     return MAST(backbone="tiny", **overrides)
-
-
-def _window_oracle(query, keys, values, radius):
-    """One softmax over references x (2r+1)^2 taps, zero padding (score 0, label 0), from scratch."""
-    side = 2 * radius + 1
-    b, c, h, w = query.shape
-    scores, labels = [], []
-    for key, value in zip(keys, values):
-        k = F.unfold(key, side, padding=radius).view(b, c, side * side, h, w)
-        v = F.unfold(value, side, padding=radius).view(b, value.shape[1], side * side, h, w)
-        scores.append((query.unsqueeze(2) * k).sum(1))
-        labels.append(v)
-    weights = torch.softmax(torch.cat(scores, 1), dim=1)
-    return (torch.cat(labels, 2) * weights.unsqueeze(1)).sum(2)
 
 
 def test_defaults_are_the_published_values():
@@ -56,7 +43,7 @@ def test_reconstruction_loss_equals_the_unfold_oracle():
         features = model.encoder(seen.flatten(0, 1)).unflatten(0, frames.shape[:2])
     keys = [features[:, 0], features[:, 1]]
     values = [lab[:, 0, 2:3, ::4, ::4], lab[:, 1, 2:3, ::4, ::4]]
-    expected = _window_oracle(features[:, 2], keys, values, 6)
+    expected = window_oracle(features[:, 2], keys, values, 6)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
     loss = model.losses({"frames": frames, "dropped_channels": dropped})["loss"]
     by_hand = F.smooth_l1_loss(20 * F.interpolate(expected, size=(32, 32), mode="bilinear"), 20 * lab[:, 2, 2:3])
