@@ -149,3 +149,14 @@ def test_an_existing_run_needs_resume_and_resume_keeps_its_settings(folder, tmp_
     (run / "checkpoint.pt").write_bytes(before[: len(before) // 2])
     assert cli.main(["train", "--out", str(run), "--resume", "--no-progress"]) == 2
     assert "checkpoint.pt: cannot read the checkpoint, the file is damaged" in capsys.readouterr().err
+
+
+def test_an_image_damaged_past_its_header_is_skipped_before_training(tmp_path, capsys):
+    data = make_tags_folder(tmp_path / "mine", n=5)
+    (data / "img2.png").write_bytes((data / "img2.png").read_bytes()[:120])  # the header, then nothing
+    run = tmp_path / "run"
+    (run).mkdir()
+    (run / "config.json").write_text("{}")  # a run that never finished an epoch is started afresh
+    assert _train(data, run, "--epochs", "1", "--batch-size", "2") == 0
+    assert "skipped img2.png: cannot read the image (image file is truncated)" in capsys.readouterr().err
+    assert json.loads((run / "config.json").read_text())["images"] == 4

@@ -52,8 +52,9 @@ def run(args) -> int:
             iou = iou_from_confusion(summary.confusion)
             names = ["background", *config["classes"]]
             share = summary.ignored_pixels / max(summary.truth_pixels, 1)
-            print(f"mIoU {100 * mean_iou(summary.confusion):.2f} against the data's masks, over the "
-                  f"{100 * (1 - share):.1f}% of their pixels the pseudo-masks label (the rest are 255, ignored)")
+            print(f"mIoU {100 * mean_iou(summary.confusion):.2f} against the data's masks"
+                  + (f", over the {100 * (1 - share):.1f}% of their pixels the pseudo-masks label (the rest are "
+                     f"255, ignored)" if summary.ignored_pixels else ""))
             for name, value in zip(names, iou.tolist()):
                 print(f"  {name:<16} IoU {'  n/a' if value != value else f'{100 * value:5.1f}'}")
     return 0

@@ -74,14 +74,14 @@ def _resumed_config(args) -> dict:
         raise ValueError(f"--resume continues {args.out} with its own settings; drop {', '.join(clashes)}")
     if not (args.out / CHECKPOINT).is_file():
         raise FileNotFoundError(f"--resume: {args.out} has no {CHECKPOINT} yet (no epoch finished); "
-                                f"rerun without --resume after removing {args.out}")
+                                f"rerun without --resume to start it afresh")
     return config
 
 
 def run(args) -> int:
     from wsss_ext.distributed import init_from_env, shutdown
     from wsss_app.pipeline.datasets import open_dataset
-    from wsss_app.pipeline.runs import CHECKPOINT, CONFIG
+    from wsss_app.pipeline.runs import CHECKPOINT
     from wsss_app.pipeline.train_loop import check_trainable, new_run_config, train_run
 
     if args.workers < 0:
@@ -94,7 +94,8 @@ def run(args) -> int:
     else:
         if not args.method or not args.data:
             raise ValueError("--method and --data are required (unless --resume)")
-        if (args.out / CONFIG).exists() or (args.out / CHECKPOINT).exists():
+        # A config without a checkpoint is a run that never finished an epoch: starting afresh loses nothing.
+        if (args.out / CHECKPOINT).exists():
             raise ValueError(f"{args.out} already holds a run; --resume continues it, or choose another --out")
         check_trainable(args.method)  # before reading any data
         overrides = _parse_sets(args.set)
@@ -105,12 +106,12 @@ def run(args) -> int:
 
             torch.cuda.set_device(device)
         if args.resume:
-            dataset = open_dataset(config["data"], config["split"], classes=config["classes"])
+            dataset = open_dataset(config["data"], config["split"], classes=config["classes"], decode=True)
             if len(dataset) != config["images"] and rank == 0:
                 print(f"note: {config['data']} now has {len(dataset)} usable images, the run started with "
                       f"{config['images']}: the resumed run will differ from an uninterrupted one", file=sys.stderr)
         else:
-            dataset = open_dataset(args.data, args.split)
+            dataset = open_dataset(args.data, args.split, decode=True)
             config = new_run_config(args.method, dataset, epochs=args.epochs, batch_size=args.batch_size,
                                     image_size=args.image_size, lr=args.lr, seed=args.seed or 0,
                                     backbone=args.backbone, batch_norm=args.batch_norm, overrides=overrides,

@@ -28,8 +28,9 @@ outside the class list is skipped and reported by name in
 :attr:`TaggedDataset.skipped` (the unknown class names also in
 :attr:`TaggedDataset.unknown_classes`, so a command can refuse data that names
 classes its trained run does not have). Images are checked at opening by their
-header; an image whose pixels are damaged past its header fails when read,
-with a ``ValueError`` naming it.
+header, and with ``decode=True`` (``wsss-ext train``, which must not stop in
+the middle of an epoch) decoded once in full; otherwise an image damaged past
+its header fails when read, with a ``ValueError`` naming it.
 """
 
 from __future__ import annotations
@@ -112,6 +113,21 @@ class TaggedDataset:
         mask = self.samples[index].mask
         return mask if mask is None or isinstance(mask, np.ndarray) else read_label_map(mask)
 
+    def drop_undecodable(self) -> None:
+        """Decode every image file once and move those that fail (damaged past
+        their header, e.g. truncated) from the samples to :attr:`skipped`."""
+        kept = []
+        for sample in self.samples:
+            if isinstance(sample.image, Path):
+                try:
+                    with open_image(sample.image) as image:
+                        image.load()
+                except BadFileError as error:
+                    self.skipped[sample.image.name] = error.reason
+                    continue
+            kept.append(sample)
+        self.samples = kept
+
     def describe(self) -> str:
         split = f", split {self.split}" if self.split else ""
         masks = sum(sample.mask is not None for sample in self.samples)
@@ -120,7 +136,7 @@ class TaggedDataset:
 
 
 def open_dataset(path_or_name: str | Path, split: str | None = None, classes: Sequence[str] | None = None,
-                 tags_required: bool = True) -> TaggedDataset:
+                 tags_required: bool = True, decode: bool = False) -> TaggedDataset:
     """The dataset at ``path_or_name`` (a VOC root, a ``tags.csv`` folder, or
     ``"synthetic"``); see the module docstring.
 
@@ -132,6 +148,8 @@ def open_dataset(path_or_name: str | Path, split: str | None = None, classes: Se
             the dataset's own. Images naming other classes are skipped.
         tags_required: False accepts a plain folder of images, every image
             tagged with every class of ``classes``.
+        decode: decode every image once, skipping those that fail
+            (:meth:`TaggedDataset.drop_undecodable`); else headers only.
 
     Raises:
         FileNotFoundError: the path does not exist.
@@ -158,6 +176,8 @@ def open_dataset(path_or_name: str | Path, split: str | None = None, classes: Se
                 f"{root} is not a dataset: looked for the PASCAL VOC layout (JPEGImages/ and "
                 f"ImageSets/Segmentation/*.txt) or a folder of images with tags.csv (file name, class names)"
                 + ("" if tags_required else " or images (.jpg, .png)"))
+    if decode:
+        dataset.drop_undecodable()
     if not dataset.samples:
         reasons = "; ".join(f"{name}: {why}" for name, why in list(dataset.skipped.items())[:3])
         raise ValueError(f"{dataset.root} holds no usable image" + (f" ({reasons}, ...)" if reasons else ""))

@@ -150,7 +150,11 @@ class _Resized(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[int, Tensor]:
-        image = torch.from_numpy(self.dataset.read_image(index)).permute(2, 0, 1)[None].float() / 255
+        try:
+            pixels = self.dataset.read_image(index)
+        except ValueError as error:  # as a plain ValueError, which a DataLoader worker can send back
+            raise ValueError(str(error)) from None
+        image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
         image = F.interpolate(image, size=(self.size, self.size), mode="bilinear", align_corners=False,
                               antialias=True)
         return index, image[0].clamp(0, 1)
