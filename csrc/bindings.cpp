@@ -163,11 +163,14 @@ wsss::correlation::Geometry geometry_from(const std::array<std::array<int, 2>, 6
   return g;
 }
 
-wsss::propagation::Problem problem_from(int radius, double inv_temperature, int topk) {
+wsss::propagation::Problem problem_from(int radius, double inv_temperature, int topk, const std::string& border) {
+  using wsss::propagation::Border;
   wsss::propagation::Problem problem;
   problem.radius = radius;
   problem.inv_temperature = inv_temperature;
   problem.topk = topk;
+  WSSS_CHECK(border == "zero" || border == "exclude", "border must be 'zero' or 'exclude', got '", border, "'");
+  problem.border = border == "zero" ? Border::kZero : Border::kExclude;
   return problem;
 }
 
@@ -472,38 +475,41 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "propagation_forward",
-      [](py::handle query, py::handle keys, py::handle values, py::handle out, py::handle lse, py::handle topk_index,
-         int radius, double inv_temperature, int topk, uintptr_t stream) {
+      [](py::handle query, py::handle keys, py::handle values, py::handle out, py::handle stats, py::handle topk_index,
+         int radius, double inv_temperature, int topk, const std::string& border, uintptr_t stream) {
         const wsss::propagation::ForwardArgs args{to_view(query, "query"),   to_view(keys, "keys"),
                                                   to_view(values, "values"), to_view(out, "out"),
-                                                  to_view(lse, "lse"),       optional_view(topk_index, "topk_index"),
-                                                  problem_from(radius, inv_temperature, topk)};
+                                                  to_view(stats, "stats"),   optional_view(topk_index, "topk_index"),
+                                                  problem_from(radius, inv_temperature, topk, border)};
         py::gil_scoped_release no_gil;
         wsss::propagation::forward(args, stream);
       },
-      py::arg("query"), py::arg("keys"), py::arg("values"), py::arg("out"), py::arg("lse"), py::arg("topk_index"),
-      py::arg("radius"), py::arg("inv_temperature"), py::arg("topk"), py::arg("stream") = 0,
+      py::arg("query"), py::arg("keys"), py::arg("values"), py::arg("out"), py::arg("stats"), py::arg("topk_index"),
+      py::arg("radius"), py::arg("inv_temperature"), py::arg("topk"), py::arg("border") = "zero",
+      py::arg("stream") = 0,
       "Label propagation: out [B, H, W, L] = softmax over the R x (2 radius + 1)^2 candidates (or their top-k) of "
       "query . key * inv_temperature, applied to the values. Channels-last query [B, H, W, C], keys [B, R, H, W, "
-      "C], values [B, R, H, W, L]; writes lse [B, H, W] and topk_index [B, H, W, topk] int32 for the backward.");
+      "C], values [B, R, H, W, L]; border 'zero' (MAST: out-of-frame taps count with score 0 and value 0) or "
+      "'exclude' (CorrFlow: they leave the softmax). Writes stats [B, H, W, 2] (max dot, log sum) and topk_index "
+      "[B, H, W, topk] int32 (-1 past the candidates an excluded border leaves) for the backward.");
 
   m.def(
       "propagation_backward",
-      [](py::handle query, py::handle keys, py::handle values, py::handle grad_out, py::handle lse, py::handle delta,
+      [](py::handle query, py::handle keys, py::handle values, py::handle grad_out, py::handle stats, py::handle delta,
          py::handle topk_index, py::handle grad_query, py::handle grad_keys, py::handle grad_values, int radius,
-         double inv_temperature, int topk, uintptr_t stream) {
+         double inv_temperature, int topk, const std::string& border, uintptr_t stream) {
         const wsss::propagation::BackwardArgs args{
             to_view(query, "query"),           to_view(keys, "keys"),
             to_view(values, "values"),         to_view(grad_out, "grad_out"),
-            to_view(lse, "lse"),               to_view(delta, "delta"),
+            to_view(stats, "stats"),           to_view(delta, "delta"),
             optional_view(topk_index, "topk_index"), to_view(grad_query, "grad_query"),
             to_view(grad_keys, "grad_keys"),   to_view(grad_values, "grad_values"),
-            problem_from(radius, inv_temperature, topk)};
+            problem_from(radius, inv_temperature, topk, border)};
         py::gil_scoped_release no_gil;
         wsss::propagation::backward(args, stream);
       },
-      py::arg("query"), py::arg("keys"), py::arg("values"), py::arg("grad_out"), py::arg("lse"), py::arg("delta"),
+      py::arg("query"), py::arg("keys"), py::arg("values"), py::arg("grad_out"), py::arg("stats"), py::arg("delta"),
       py::arg("topk_index"), py::arg("grad_query"), py::arg("grad_keys"), py::arg("grad_values"), py::arg("radius"),
-      py::arg("inv_temperature"), py::arg("topk"), py::arg("stream") = 0,
+      py::arg("inv_temperature"), py::arg("topk"), py::arg("border") = "zero", py::arg("stream") = 0,
       "Gradients of propagation_forward; delta [B, H, W] = sum_l grad_out * out.");
 }

@@ -11,7 +11,7 @@ namespace {
 
 // Fills the problem's sizes from the tensors and checks every buffer.
 void check_common(Problem& pb, const ArrayView& query, const ArrayView& keys, const ArrayView& values,
-                  const ArrayView& lse, const ArrayView& topk_index, bool stats_written) {
+                  const ArrayView& stats, const ArrayView& topk_index, bool stats_written) {
   check_ndim(query, 4, "query");
   check_dtype(query, {DType::kFloat32, DType::kFloat64}, "query");
   check_contiguous(query, "query");
@@ -26,10 +26,17 @@ void check_common(Problem& pb, const ArrayView& query, const ArrayView& keys, co
   check_buffer(keys, "keys", query.dtype, {pb.batch, pb.refs, pb.height, pb.width, pb.channels}, query, "query", false);
   check_buffer(values, "values", query.dtype, {pb.batch, pb.refs, pb.height, pb.width, pb.labels}, query, "query",
                false);
-  check_buffer(lse, "lse", query.dtype, {pb.batch, pb.height, pb.width}, query, "query", stats_written);
+  check_buffer(stats, "stats", query.dtype, {pb.batch, pb.height, pb.width, 2}, query, "query", stats_written);
   WSSS_CHECK(pb.radius >= 0 && pb.radius <= 64, "radius must be in [0, 64], got ", pb.radius);
   WSSS_CHECK(pb.refs >= 1, "keys must hold at least one reference frame");
-  WSSS_CHECK(std::isfinite(pb.inv_temperature) && pb.inv_temperature > 0, "inv_temperature must be finite and > 0");
+  // The kernels compute in the query's dtype: inv_temperature must be finite there too.
+  const double max_inv_temperature = query.dtype == DType::kFloat32 ? std::numeric_limits<float>::max()
+                                                                    : std::numeric_limits<double>::max();
+  WSSS_CHECK(std::isfinite(pb.inv_temperature) && pb.inv_temperature > 0 &&
+                 pb.inv_temperature <= max_inv_temperature,
+             "inv_temperature must be > 0 and at most ", max_inv_temperature, " (the ", dtype_name(query.dtype),
+             " range), got ", pb.inv_temperature);
+  WSSS_CHECK(pb.border == Border::kZero || pb.border == Border::kExclude, "border must be 'zero' or 'exclude'");
   WSSS_CHECK(pb.candidates() <= std::numeric_limits<int32_t>::max(), "too many candidates per pixel");
   WSSS_CHECK(pb.topk >= 0 && pb.topk <= kMaxTopk && pb.topk <= pb.candidates(), "topk must be in [0, min(",
              kMaxTopk, ", refs * window)], got ", pb.topk);
@@ -38,19 +45,32 @@ void check_common(Problem& pb, const ArrayView& query, const ArrayView& keys, co
                  stats_written);
 }
 
+// The backward reads keys and values at the candidates topk_index names:
+// each entry must name one, or be the -1 filler of a short list. Checked
+// here for CPU arrays; the CUDA kernels skip an entry that names none (a
+// check there would need a host synchronisation).
+void check_topk_entries(const Problem& pb, const ArrayView& topk_index) {
+  if (pb.topk == 0 || topk_index.is_cuda()) return;
+  const int32_t* entries = topk_index.as<const int32_t>();
+  const int64_t count = topk_index.numel();
+  for (int64_t i = 0; i < count; ++i)
+    WSSS_CHECK(entries[i] >= -1 && entries[i] < pb.candidates(), "topk_index holds ", entries[i], " at entry ", i,
+               ": entries must be candidate indices in [0, ", pb.candidates(), ") or -1");
+}
+
 }  // namespace
 
 void forward(ForwardArgs args, uintptr_t stream) {
-  check_common(args.problem, args.query, args.keys, args.values, args.lse, args.topk_index, true);
+  check_common(args.problem, args.query, args.keys, args.values, args.stats, args.topk_index, true);
   const Problem& pb = args.problem;
   check_buffer(args.out, "out", args.query.dtype, {pb.batch, pb.height, pb.width, pb.labels}, args.query, "query",
                true);
-  if (args.out.numel() == 0 && args.lse.numel() == 0) return;
+  if (pb.batch * pb.pixels() == 0) return;
   WSSS_ROUTE(args.query, "query", stream, forward_cuda(args, stream), forward_cpu(args));
 }
 
 void backward(BackwardArgs args, uintptr_t stream) {
-  check_common(args.problem, args.query, args.keys, args.values, args.lse, args.topk_index, false);
+  check_common(args.problem, args.query, args.keys, args.values, args.stats, args.topk_index, false);
   const Problem& pb = args.problem;
   const ArrayView& q = args.query;
   check_buffer(args.grad_out, "grad_out", q.dtype, {pb.batch, pb.height, pb.width, pb.labels}, q, "query", false);
@@ -61,6 +81,7 @@ void backward(BackwardArgs args, uintptr_t stream) {
   check_buffer(args.grad_values, "grad_values", q.dtype, {pb.batch, pb.refs, pb.height, pb.width, pb.labels}, q,
                "query", true);
   if (pb.batch * pb.pixels() == 0) return;
+  check_topk_entries(pb, args.topk_index);
   WSSS_ROUTE(q, "query", stream, backward_cuda(args, stream), backward_cpu(args));
 }
 

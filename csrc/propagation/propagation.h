@@ -3,21 +3,29 @@
 //
 // Candidates of query pixel p: tap t of reference frame r, t over the
 // (2 radius + 1)^2 window (row-major), candidate index r * T + t. Score =
-// q_p . k_r(p + o_t) * inv_temperature; a tap outside the frame has score 0
-// and value 0 (zero padding, as MAST). Weights: one softmax over all R T
-// candidates, or over the top-k scores only (CRW). Output:
+// q_p . k_r(p + o_t) * inv_temperature. A tap outside the frame follows the
+// border rule: kZero (MAST) keeps it in the softmax with score 0 and value 0,
+// so the label mass is below 1 near the border; kExclude (CorrFlow) leaves it
+// out of the softmax, so one-hot labels keep mass 1 everywhere (the window's
+// centre is always inside, so no pixel is left without candidates). Weights:
+// one softmax over the candidates, or over the top-k scores only (CRW).
+// Output:
 //     out_p = sum_candidates weight * v_r(p + o_t)
 // computed with an online softmax, so the R x T x H x W affinities are never
-// stored. The backward keeps the per-pixel log-sum-exp (and the top-k
-// indices) from the forward and recomputes scores (as flash attention does):
+// stored. The softmax runs on raw dot products d and scales their difference
+// to the running maximum m, exp((d - m) * inv_temperature): d - m <= 0, so a
+// tiny temperature can only underflow a term to 0, never overflow a score.
+// The backward keeps the per-pixel statistics (m, log sum) and the top-k
+// indices from the forward and recomputes scores (as flash attention does):
 //     ds = w (g_p . v - D_p),  D_p = g_p . out_p
 //     grad q_p += ds k inv_t,  grad k += ds q_p inv_t,  grad v += w g_p
 // with the key/value gradients gathered over the query pixels that read
 // them, so no kernel needs atomics.
 //
 // Layouts are channels-last: query [B, H, W, C], keys [B, R, H, W, C],
-// values [B, R, H, W, L], out [B, H, W, L], lse and delta [B, H, W],
-// topk_index [B, H, W, K] int32.
+// values [B, R, H, W, L], out [B, H, W, L], stats [B, H, W, 2] (m, log sum),
+// delta [B, H, W], topk_index [B, H, W, K] int32 (-1 where the excluded
+// border leaves fewer than K candidates).
 #pragma once
 
 #include <cmath>
@@ -31,11 +39,14 @@ namespace wsss::propagation {
 
 constexpr int kMaxTopk = 64;
 
+enum class Border : int { kZero = 0, kExclude = 1 };
+
 struct Problem {
   int64_t batch = 0, refs = 0, height = 0, width = 0, channels = 0, labels = 0;
   int radius = 0;
   double inv_temperature = 1.0;
   int topk = 0;  // 0: every candidate
+  Border border = Border::kZero;
 
   WSSS_HD int64_t side() const { return 2 * static_cast<int64_t>(radius) + 1; }
   WSSS_HD int64_t taps() const { return side() * side(); }
@@ -51,18 +62,35 @@ WSSS_HD T dot(const T* a, const T* b, int64_t n) {
 }
 
 // The row of keys / values candidate `index` of pixel (y, x) of image b
-// reads, or -1 outside the frame (score 0, value 0).
+// reads, or -1 outside the frame (or for an index that names no candidate,
+// as the -1 filler of a short top-k list).
 WSSS_HD int64_t candidate_pixel(const Problem& pb, int64_t b, int64_t index, int64_t y, int64_t x) {
+  if (index < 0 || index >= pb.candidates()) return -1;
   const int64_t r = index / pb.taps(), t = index % pb.taps();
   const int64_t sy = y + t / pb.side() - pb.radius, sx = x + t % pb.side() - pb.radius;
   if (sy < 0 || sy >= pb.height || sx < 0 || sx >= pb.width) return -1;
   return (b * pb.refs + r) * pb.pixels() + sy * pb.width + sx;
 }
 
+// The raw dot product of a candidate: 0 outside the frame (zero padding).
 template <class T>
-WSSS_HD T candidate_score(const Problem& pb, const T* query_row, const T* keys, int64_t frame_pixel) {
+WSSS_HD T candidate_dot(const Problem& pb, const T* query_row, const T* keys, int64_t frame_pixel) {
   if (frame_pixel < 0) return T(0);
-  return dot(query_row, keys + frame_pixel * pb.channels, pb.channels) * static_cast<T>(pb.inv_temperature);
+  return dot(query_row, keys + frame_pixel * pb.channels, pb.channels);
+}
+
+// exp((d - m) inv_t), the softmax term of dot d under the running maximum m.
+// A non-finite d (a dot product past float's range) gives NaN rather than a
+// finite wrong weight.
+template <class T>
+WSSS_HD T softmax_term(T d, T m, T inv_t) {
+  return exp_polynomial((d - m) * inv_t) + (d - d);
+}
+
+// A candidate's weight from the forward's statistics (m, log sum).
+template <class T>
+WSSS_HD T candidate_weight(T d, const T* stats_row, T inv_t) {
+  return exp_polynomial((d - stats_row[0]) * inv_t - stats_row[1]);
 }
 
 // Inserts (score, index) into the descending top-k lists (count entries so far).
@@ -80,27 +108,30 @@ WSSS_HD void topk_push(T* scores, int32_t* indices, int k, int& count, T score, 
 }
 
 // Forward of one pixel for labels [l0, l1): writes out_row[l0 .. l1) and,
-// when write_stats, lse and the top-k indices. acc holds l1 - l0 values;
-// top_scores / top_indices hold topk entries (unused without top-k).
+// when write_stats, its stats and top-k indices. acc holds l1 - l0 values;
+// top_dots / top_indices hold topk entries (unused without top-k).
 template <class T>
 WSSS_HD void pixel_forward(const Problem& pb, const T* query, const T* keys, const T* values, int64_t pixel,
-                           int64_t l0, int64_t l1, T* acc, T* top_scores, int32_t* top_indices, T* out, T* lse,
+                           int64_t l0, int64_t l1, T* acc, T* top_dots, int32_t* top_indices, T* out, T* stats,
                            int32_t* topk_index, bool write_stats) {
   const int64_t b = pixel / pb.pixels(), y = pixel / pb.width % pb.height, x = pixel % pb.width;
   const T* query_row = query + pixel * pb.channels;
+  const T inv_t = static_cast<T>(pb.inv_temperature);
+  const bool exclude = pb.border == Border::kExclude;
   for (int64_t l = l0; l < l1; ++l) acc[l - l0] = 0;
   T max = negative_infinity<T>(), sum = 0;
   if (pb.topk == 0) {
     for (int64_t index = 0; index < pb.candidates(); ++index) {
       const int64_t frame_pixel = candidate_pixel(pb, b, index, y, x);
-      const T score = candidate_score(pb, query_row, keys, frame_pixel);
-      if (score > max) {  // rescale what was summed to the new maximum
-        const T scale = exp_polynomial(max - score);
+      if (frame_pixel < 0 && exclude) continue;
+      const T d = candidate_dot(pb, query_row, keys, frame_pixel);
+      if (d > max) {  // rescale what was summed to the new maximum
+        const T scale = exp_polynomial((max - d) * inv_t);
         sum *= scale;
         for (int64_t l = l0; l < l1; ++l) acc[l - l0] *= scale;
-        max = score;
+        max = d;
       }
-      const T e = exp_polynomial(score - max);
+      const T e = softmax_term(d, max, inv_t);
       sum += e;
       if (frame_pixel >= 0)
         for (int64_t l = l0; l < l1; ++l) acc[l - l0] += e * values[frame_pixel * pb.labels + l];
@@ -108,22 +139,28 @@ WSSS_HD void pixel_forward(const Problem& pb, const T* query, const T* keys, con
   } else {
     int count = 0;
     for (int64_t index = 0; index < pb.candidates(); ++index) {
-      const T score = candidate_score(pb, query_row, keys, candidate_pixel(pb, b, index, y, x));
-      topk_push(top_scores, top_indices, pb.topk, count, score, static_cast<int32_t>(index));
+      const int64_t frame_pixel = candidate_pixel(pb, b, index, y, x);
+      if (frame_pixel < 0 && exclude) continue;
+      topk_push(top_dots, top_indices, pb.topk, count, candidate_dot(pb, query_row, keys, frame_pixel),
+                static_cast<int32_t>(index));
     }
-    max = top_scores[0];
+    max = top_dots[0];
     for (int i = 0; i < count; ++i) {
       const int64_t frame_pixel = candidate_pixel(pb, b, top_indices[i], y, x);
-      const T e = exp_polynomial(top_scores[i] - max);
+      const T e = softmax_term(top_dots[i], max, inv_t);
       sum += e;
       if (frame_pixel >= 0)
         for (int64_t l = l0; l < l1; ++l) acc[l - l0] += e * values[frame_pixel * pb.labels + l];
-      if (write_stats) topk_index[pixel * pb.topk + i] = top_indices[i];
     }
+    if (write_stats)
+      for (int i = 0; i < pb.topk; ++i) topk_index[pixel * pb.topk + i] = i < count ? top_indices[i] : -1;
   }
   const T inv_sum = T(1) / sum;
   for (int64_t l = l0; l < l1; ++l) out[pixel * pb.labels + l] = acc[l - l0] * inv_sum;
-  if (write_stats) lse[pixel] = max + log(sum);
+  if (write_stats) {
+    stats[2 * pixel] = max;
+    stats[2 * pixel + 1] = log(sum);
+  }
 }
 
 // Is candidate `index` among pixel's top-k (always, without top-k)?
@@ -137,7 +174,7 @@ WSSS_HD bool selected(const Problem& pb, const int32_t* topk_index, int64_t pixe
 // Gradient of query row `pixel` (channels values).
 template <class T>
 WSSS_HD void pixel_query_grad(const Problem& pb, const T* query, const T* keys, const T* values, const T* grad_out,
-                              const T* lse, const T* delta, const int32_t* topk_index, int64_t pixel, T* grad_row) {
+                              const T* stats, const T* delta, const int32_t* topk_index, int64_t pixel, T* grad_row) {
   const int64_t b = pixel / pb.pixels(), y = pixel / pb.width % pb.height, x = pixel % pb.width;
   const T* query_row = query + pixel * pb.channels;
   const T* g = grad_out + pixel * pb.labels;
@@ -147,8 +184,8 @@ WSSS_HD void pixel_query_grad(const Problem& pb, const T* query, const T* keys, 
   for (int64_t i = 0; i < count; ++i) {
     const int64_t index = pb.topk == 0 ? i : topk_index[pixel * pb.topk + i];
     const int64_t frame_pixel = candidate_pixel(pb, b, index, y, x);
-    if (frame_pixel < 0) continue;  // a constant score: no gradient
-    const T weight = exp_polynomial(candidate_score(pb, query_row, keys, frame_pixel) - lse[pixel]);
+    if (frame_pixel < 0) continue;  // a constant score (or no candidate): no gradient
+    const T weight = candidate_weight(candidate_dot(pb, query_row, keys, frame_pixel), stats + 2 * pixel, inv_t);
     const T ds = weight * (dot(g, values + frame_pixel * pb.labels, pb.labels) - delta[pixel]) * inv_t;
     const T* key_row = keys + frame_pixel * pb.channels;
     for (int64_t c = 0; c < pb.channels; ++c) grad_row[c] += ds * key_row[c];
@@ -159,7 +196,7 @@ WSSS_HD void pixel_query_grad(const Problem& pb, const T* query, const T* keys, 
 // gathered over the query pixels whose window reads it.
 template <class T>
 WSSS_HD void frame_pixel_grad(const Problem& pb, const T* query, const T* keys, const T* values, const T* grad_out,
-                              const T* lse, const T* delta, const int32_t* topk_index, int64_t frame_pixel,
+                              const T* stats, const T* delta, const int32_t* topk_index, int64_t frame_pixel,
                               T* grad_key_row, T* grad_value_row) {
   const int64_t br = frame_pixel / pb.pixels(), b = br / pb.refs, r = br % pb.refs;
   const int64_t sy = frame_pixel / pb.width % pb.height, sx = frame_pixel % pb.width;
@@ -175,7 +212,7 @@ WSSS_HD void frame_pixel_grad(const Problem& pb, const T* query, const T* keys, 
     if (!selected(pb, topk_index, pixel, r * pb.taps() + t)) continue;
     const T* query_row = query + pixel * pb.channels;
     const T* g = grad_out + pixel * pb.labels;
-    const T weight = exp_polynomial(dot(query_row, key_row, pb.channels) * inv_t - lse[pixel]);
+    const T weight = candidate_weight(dot(query_row, key_row, pb.channels), stats + 2 * pixel, inv_t);
     const T ds = weight * (dot(g, value_row, pb.labels) - delta[pixel]) * inv_t;
     for (int64_t l = 0; l < pb.labels; ++l) grad_value_row[l] += weight * g[l];
     for (int64_t c = 0; c < pb.channels; ++c) grad_key_row[c] += ds * query_row[c];
@@ -183,12 +220,12 @@ WSSS_HD void frame_pixel_grad(const Problem& pb, const T* query, const T* keys, 
 }
 
 struct ForwardArgs {
-  ArrayView query, keys, values, out, lse, topk_index;
+  ArrayView query, keys, values, out, stats, topk_index;
   Problem problem;
 };
 
 struct BackwardArgs {
-  ArrayView query, keys, values, grad_out, lse, delta, topk_index, grad_query, grad_keys, grad_values;
+  ArrayView query, keys, values, grad_out, stats, delta, topk_index, grad_query, grad_keys, grad_values;
   Problem problem;
 };
 

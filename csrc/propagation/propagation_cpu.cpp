@@ -20,7 +20,7 @@ void forward_typed(const ForwardArgs& args) {
 #pragma omp for schedule(dynamic, 16)
     for (int64_t pixel = 0; pixel < pixels; ++pixel)
       pixel_forward(pb, args.query.as<const T>(), args.keys.as<const T>(), args.values.as<const T>(), pixel, 0,
-                    pb.labels, acc.data(), top_scores.data(), top_indices.data(), args.out.as<T>(), args.lse.as<T>(),
+                    pb.labels, acc.data(), top_scores.data(), top_indices.data(), args.out.as<T>(), args.stats.as<T>(),
                     args.topk_index.as<int32_t>(), true);
   }
 }
@@ -32,7 +32,7 @@ void backward_typed(const BackwardArgs& args) {
   const T* keys = args.keys.as<const T>();
   const T* values = args.values.as<const T>();
   const T* grad_out = args.grad_out.as<const T>();
-  const T* lse = args.lse.as<const T>();
+  const T* stats = args.stats.as<const T>();
   const T* delta = args.delta.as<const T>();
   const int32_t* topk_index = args.topk_index.as<const int32_t>();
   T* grad_query = args.grad_query.as<T>();
@@ -40,11 +40,11 @@ void backward_typed(const BackwardArgs& args) {
   T* grad_values = args.grad_values.as<T>();
 #pragma omp parallel for schedule(dynamic, 16)
   for (int64_t pixel = 0; pixel < pb.batch * pb.pixels(); ++pixel)
-    pixel_query_grad(pb, query, keys, values, grad_out, lse, delta, topk_index, pixel,
+    pixel_query_grad(pb, query, keys, values, grad_out, stats, delta, topk_index, pixel,
                      grad_query + pixel * pb.channels);
 #pragma omp parallel for schedule(dynamic, 16)
   for (int64_t frame_pixel = 0; frame_pixel < pb.batch * pb.refs * pb.pixels(); ++frame_pixel)
-    frame_pixel_grad(pb, query, keys, values, grad_out, lse, delta, topk_index, frame_pixel,
+    frame_pixel_grad(pb, query, keys, values, grad_out, stats, delta, topk_index, frame_pixel,
                      grad_keys + frame_pixel * pb.channels, grad_values + frame_pixel * pb.labels);
 }
 

@@ -140,22 +140,27 @@ def _unwrap_functorch(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def require_all(
-    tensor: torch.Tensor, predicate: Callable[[torch.Tensor], torch.Tensor], message: str | Callable[[], str]
+    tensor: torch.Tensor | tuple[torch.Tensor, ...],
+    predicate: Callable[..., torch.Tensor],
+    message: str | Callable[[], str],
 ) -> None:
     """Refuse ``tensor`` with ``ValueError(message)`` unless ``predicate(tensor)``
     holds everywhere, as :func:`set_check_finite` says: on the spot for CPU
     tensors, as an asynchronous device-side assertion (no host sync) for
     CUDA tensors in the default mode, never under torch.compile / torch.export.
-    ``message`` may be a callable, called only to raise."""
+    ``tensor`` may be a tuple of tensors, passed to ``predicate`` as separate
+    arguments (a bound on several inputs together). ``message`` may be a
+    callable, called only to raise."""
     mode = _check_finite_mode
     if mode == "off" or torch.compiler.is_compiling():
         return
-    tensor = _unwrap_functorch(tensor.detach())
-    if type(tensor) is not torch.Tensor:
+    tensors = tensor if isinstance(tensor, tuple) else (tensor,)
+    tensors = tuple(_unwrap_functorch(t.detach()) for t in tensors)
+    if any(type(t) is not torch.Tensor for t in tensors):
         return  # fake or functional tensors of a tracer: no values to read
-    if tensor.is_cuda and mode == "async":
-        torch._assert_async(predicate(tensor).all(), message if isinstance(message, str) else "wsss_ext input check")
-    elif not bool(predicate(tensor).all()):
+    if tensors[0].is_cuda and mode == "async":
+        torch._assert_async(predicate(*tensors).all(), message if isinstance(message, str) else "wsss_ext input check")
+    elif not bool(predicate(*tensors).all()):
         raise ValueError(message if isinstance(message, str) else message())
 
 

@@ -3,13 +3,16 @@ CorrFlow, CRW): a target frame's labels as local attention over reference
 frames, fused.
 
 For query pixel p, the candidates are the (2 radius + 1)^2 window around p in
-each of the R reference frames; score = q_p . k / temperature (a tap outside
-the frame: score 0 and value 0, zero padding as MAST); one softmax over all
-R x window candidates, or over the top-k scores only (CRW); the output is the
-weighted sum of the candidates' values (labels or colours). An online softmax
-streams the candidates, so the B x R x window x H x W affinity tensor MAST
-materialises (~22 GB at its test size) never exists; the backward keeps the
-per-pixel log-sum-exp and recomputes scores, as flash attention does.
+each of the R reference frames; score = q_p . k / temperature; one softmax
+over all R x window candidates, or over the top-k scores only (CRW); the
+output is the weighted sum of the candidates' values (labels or colours). A
+tap outside the frame follows the border rule: ``"zero"`` (MAST) keeps it in
+the softmax with score 0 and value 0, so label mass drops below 1 near the
+border; ``"exclude"`` (CorrFlow) leaves it out, so one-hot labels keep mass 1
+everywhere. An online softmax streams the candidates, so the
+B x R x window x H x W affinity tensor MAST materialises (~22 GB at its test
+size) never exists; the backward keeps the per-pixel softmax statistics and
+recomputes scores, as flash attention does.
 ``wsss_ext.reference.propagate_labels_unfold`` is the unfold + softmax method.
 """
 
@@ -38,6 +41,7 @@ __all__ = ["propagate_labels", "track_video"]
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _MAX_TOPK = 64  # csrc/propagation/propagation.h kMaxTopk
 _MAX_RADIUS = 64
+BORDERS = ("zero", "exclude")
 
 
 def _last(x: Tensor) -> Tensor:
@@ -46,57 +50,57 @@ def _last(x: Tensor) -> Tensor:
 
 
 @fast_custom_op("wsss_ext::propagate_labels", differentiable=True)
-def _propagate(query: Tensor, keys: Tensor, values: Tensor, radius: int, inv_temperature: float,
-               topk: int) -> tuple[Tensor, Tensor, Tensor]:
-    """out [B, L, H, W], lse [B, H, W] and top-k indices [B, H, W, max(topk, 1)]."""
+def _propagate(query: Tensor, keys: Tensor, values: Tensor, radius: int, inv_temperature: float, topk: int,
+               border: str) -> tuple[Tensor, Tensor, Tensor]:
+    """out [B, L, H, W], stats [B, H, W, 2] (max dot, log sum) and top-k indices [B, H, W, max(topk, 1)]."""
     batch, _, height, width = query.shape
     labels = values.shape[2]
     out = query.new_empty((batch, height, width, labels))
-    lse = query.new_empty((batch, height, width))
+    stats = query.new_empty((batch, height, width, 2))
     # Without top-k the index output is unused: zeros, so that the op's outputs are defined.
     make = torch.empty if topk else torch.zeros
     index = make((batch, height, width, max(topk, 1)), dtype=torch.int32, device=query.device)
-    _C.propagation_forward(_last(query), _last(keys), _last(values), out, lse, index if topk else None, radius,
-                           inv_temperature, topk, cuda_stream(query))
-    return out.permute(0, 3, 1, 2).contiguous(), lse, index
+    _C.propagation_forward(_last(query), _last(keys), _last(values), out, stats, index if topk else None, radius,
+                           inv_temperature, topk, border, cuda_stream(query))
+    return out.permute(0, 3, 1, 2).contiguous(), stats, index
 
 
 @_propagate.register_fake
-def _(query, keys, values, radius, inv_temperature, topk):
+def _(query, keys, values, radius, inv_temperature, topk, border):
     batch, _, height, width = query.shape
-    return (query.new_empty((batch, values.shape[2], height, width)), query.new_empty((batch, height, width)),
+    return (query.new_empty((batch, values.shape[2], height, width)), query.new_empty((batch, height, width, 2)),
             query.new_empty((batch, height, width, max(topk, 1)), dtype=torch.int32))
 
 
 @fast_custom_op("wsss_ext::propagate_labels_backward")
-def _propagate_backward(grad: Tensor, out: Tensor, lse: Tensor, index: Tensor, query: Tensor, keys: Tensor,
-                        values: Tensor, radius: int, inv_temperature: float,
-                        topk: int) -> tuple[Tensor, Tensor, Tensor]:
+def _propagate_backward(grad: Tensor, out: Tensor, stats: Tensor, index: Tensor, query: Tensor, keys: Tensor,
+                        values: Tensor, radius: int, inv_temperature: float, topk: int,
+                        border: str) -> tuple[Tensor, Tensor, Tensor]:
     q, k, v, g = _last(query), _last(keys), _last(values), _last(grad)
     delta = (grad * out).sum(1).contiguous()
     grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    _C.propagation_backward(q, k, v, g, lse, delta, index if topk else None, grad_q, grad_k, grad_v, radius,
-                            inv_temperature, topk, cuda_stream(query))
+    _C.propagation_backward(q, k, v, g, stats, delta, index if topk else None, grad_q, grad_k, grad_v, radius,
+                            inv_temperature, topk, border, cuda_stream(query))
     return grad_q.movedim(-1, -3).contiguous(), grad_k.movedim(-1, -3).contiguous(), grad_v.movedim(-1, -3).contiguous()
 
 
 @_propagate_backward.register_fake
-def _(grad, out, lse, index, query, keys, values, radius, inv_temperature, topk):
+def _(grad, out, stats, index, query, keys, values, radius, inv_temperature, topk, border):
     return torch.empty_like(query), torch.empty_like(keys), torch.empty_like(values)
 
 
 def _setup(ctx, inputs, output):
-    query, keys, values, radius, inv_temperature, topk = inputs
-    out, lse, index = output
-    ctx.save_for_backward(query, keys, values, out, lse, index)
-    ctx.settings = (radius, inv_temperature, topk)
-    ctx.mark_non_differentiable(lse, index)
+    query, keys, values, radius, inv_temperature, topk, border = inputs
+    out, stats, index = output
+    ctx.save_for_backward(query, keys, values, out, stats, index)
+    ctx.settings = (radius, inv_temperature, topk, border)
+    ctx.mark_non_differentiable(stats, index)
 
 
-def _backward(ctx, grad, grad_lse, grad_index):
-    query, keys, values, out, lse, index = ctx.saved_tensors
-    grads = _propagate_backward(grad.contiguous(), out, lse, index, query, keys, values, *ctx.settings)
-    return (*grads, None, None, None)
+def _backward(ctx, grad, grad_stats, grad_index):
+    query, keys, values, out, stats, index = ctx.saved_tensors
+    grads = _propagate_backward(grad.contiguous(), out, stats, index, query, keys, values, *ctx.settings)
+    return (*grads, None, None, None, None)
 
 
 torch.library.register_autograd("wsss_ext::propagate_labels", _backward, setup_context=_setup)
@@ -113,6 +117,7 @@ def propagate_labels(
     temperature: float = 1.0,
     topk: int | None = None,
     normalize: bool = False,
+    border: str = "zero",
 ) -> Tensor:
     r"""Propagate reference frames' labels to a target frame by local attention.
 
@@ -125,11 +130,23 @@ def propagate_labels(
         topk: keep only the k best-scoring candidates of the R x window (CRW:
             10); ``None``: all of them (MAST). At most 64.
         normalize: L2-normalise query and key features over C first (CRW).
+        border: the rule for window taps outside the frame. ``"zero"`` (MAST,
+            the default): they stay in the softmax with score 0 and label 0,
+            so the label mass is below 1 within ``radius`` of the border.
+            ``"exclude"`` (CorrFlow): they leave the softmax (and the top-k),
+            so one-hot labels keep mass exactly 1 everywhere.
 
     Returns:
         B x L x H x W, in float32 (float64 if an input is float64);
         differentiable in query, keys and values. One-hot (or normalised)
-        labels stay normalised.
+        labels stay normalised (everywhere with ``border="exclude"``, away
+        from the border with ``"zero"``).
+
+    Raises:
+        ValueError: besides bad shapes and NaN/inf, for magnitudes the
+            float32 (float64) computation cannot hold: ``1 / temperature``
+            past the dtype's range, query and key magnitudes whose dot
+            products could overflow, values whose weighted sum could.
 
     Example:
         >>> import torch, wsss_ext
@@ -139,6 +156,9 @@ def propagate_labels(
         >>> crw = wsss_ext.propagate_labels(q, k, labels, 12, 0.07, topk=10, normalize=True)
         >>> out.shape, bool(torch.allclose(out.sum(1)[:, 12:-12, 12:-12], torch.ones(1, 6, 16)))
         (torch.Size([1, 3, 30, 40]), True)
+        >>> corrflow = wsss_ext.propagate_labels(q, k, labels, radius=12, border="exclude")
+        >>> bool(torch.allclose(corrflow.sum(1), torch.ones(1, 30, 40)))
+        True
     """
     query = check_tensor(query, "query", ndim=4, layout="B x C x H x W", dtypes=_FLOAT_DTYPES)
     keys = check_tensor(keys, "keys", ndim=5, layout="B x R x C x H x W", dtypes=_FLOAT_DTYPES)
@@ -158,6 +178,7 @@ def propagate_labels(
     if radius > _MAX_RADIUS:
         raise ValueError(f"radius must be <= {_MAX_RADIUS}, got {radius}")
     temperature = check_real(temperature, "temperature", positive=True)
+    border = _check_border(border)
     candidates = keys.shape[1] * (2 * radius + 1) ** 2
     if topk is not None:
         topk = check_int(topk, "topk", minimum=1)
@@ -167,14 +188,47 @@ def propagate_labels(
     for name, tensor in (("query", query), ("keys", keys), ("values", values)):
         require_finite(tensor, f"{name} contains NaN or inf")
     dtype = torch.float64 if torch.float64 in (query.dtype, keys.dtype, values.dtype) else torch.float32
+    largest = torch.finfo(dtype).max
+    if 1.0 / temperature > largest:
+        raise ValueError(f"temperature must be >= {1.0 / largest:.3g} (1 / temperature must fit {dtype}), "
+                         f"got {temperature}")
     query, keys, values = query.to(dtype), keys.to(dtype), values.to(dtype)
     if normalize:
         query, keys = F.normalize(query, dim=1), F.normalize(keys, dim=2)
     if batch * height * width == 0:
         return values.new_zeros((batch, values.shape[2], height, width))
+    _require_in_range(query, keys, values, candidates, largest)
     out, _, _ = _propagate(query.contiguous(), keys.contiguous(), values.contiguous(), radius, 1.0 / temperature,
-                           topk or 0)
+                           topk or 0, border)
     return out
+
+
+def _check_border(border: object) -> str:
+    if not isinstance(border, str):
+        raise TypeError(f"border must be a str ('zero' or 'exclude'), got {type(border).__name__}")
+    if border not in BORDERS:
+        raise ValueError(f"border must be 'zero' or 'exclude', got {border!r}")
+    return border
+
+
+def _require_in_range(query: Tensor, keys: Tensor, values: Tensor, candidates: int, largest: float) -> None:
+    """Refuse magnitudes the kernel's dtype cannot hold, instead of returning a
+    wrong answer: the softmax subtracts dot products (|q . k| <= C max|q| max|k|,
+    twice that for a difference) and sums up to ``candidates`` weighted values.
+    Computed in float64 so that the bound itself cannot overflow; an async
+    assertion on CUDA, as require_finite."""
+    if query.numel() == 0 or keys.numel() == 0 or values.numel() == 0:
+        return
+    channels = query.shape[1]
+
+    def dots_fit(q: Tensor, k: Tensor) -> Tensor:
+        return 2 * channels * q.abs().amax().double() * k.abs().amax().double() <= largest
+
+    require_all((query, keys), dots_fit, lambda: f"query and keys are too large for {query.dtype}: their dot "
+                f"products (up to {channels} x max|query| x max|keys|) could overflow; scale them down or pass float64")
+    require_all(values, lambda v: v.abs().amax().double() * candidates <= largest,
+                lambda: f"values are too large for {values.dtype}: max|values| x the {candidates} candidates must "
+                f"stay below {largest:.3g}; scale them down or pass float64")
 
 
 def track_video(
@@ -189,6 +243,7 @@ def track_video(
     n_recent: int = 4,
     size: tuple[int, int] | None = None,
     progress: bool = False,
+    border: str = "zero",
 ) -> Tensor:
     """Propagate a first-frame mask through a video, as MAST and CRW evaluate.
 
@@ -203,7 +258,8 @@ def track_video(
             resized to h x w (bilinear on the one-hot maps).
         n_labels: labels in the video (default: the first frame's maximum + 1,
             read back from the device: pass it to avoid that sync).
-        radius, temperature, topk, normalize: as in :func:`propagate_labels`.
+        radius, temperature, topk, normalize, border: as in :func:`propagate_labels`
+            (``border="exclude"``: CorrFlow's rule, one-hot mass 1 at the border too).
         n_recent: recent frames kept besides the first.
         size: output H x W (default: first_labels' size).
         progress: show a progress bar (tqdm).
@@ -235,6 +291,7 @@ def track_video(
     require_all(first_labels, lambda labels: labels < n_labels,
                 lambda: f"first_labels holds label {int(first_labels.max())} but n_labels is {n_labels}")
     n_recent = check_int(n_recent, "n_recent", minimum=0)
+    border = _check_border(border)
     size = tuple(first_labels.shape) if size is None else tuple(check_int(s, "size[]", minimum=1) for s in size)
     device, height, width = frames[0].device, *frames[0].shape[1:]
 
@@ -252,7 +309,7 @@ def track_video(
         references = memory + recent
         keys = torch.stack([f for f, _ in references])[None]
         values = torch.stack([v for _, v in references])[None]
-        soft = propagate_labels(frames[t][None], keys, values, radius, temperature, topk, normalize)[0]
+        soft = propagate_labels(frames[t][None], keys, values, radius, temperature, topk, normalize, border)[0]
         if n_recent:
             recent = (recent + [(frames[t], soft)])[-n_recent:]
         outputs.append(F.interpolate(soft[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0))
