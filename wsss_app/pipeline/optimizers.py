@@ -4,7 +4,8 @@ A method that states its published optimizer settings in ``DEFAULTS``
 (``lr`` or ``base_lr``, with ``weight_decay`` and ``momentum`` where given)
 gets them: SGD with momentum (0.9 unless the method says), over the method's
 own parameter groups when it defines ``param_groups()`` /
-``parameter_groups()`` (IRNet's displacement branch at 10 x lr), and its
+``parameter_groups()`` (IRNet's displacement branch at 10 x lr; parameters
+no group names at the base rate), and its
 paper's schedule: polynomial decay to zero with power ``poly_power`` (0.9,
 PSA / SEAM / IRNet's ``PolyOptimizer``), a step decay by ``lr_gamma`` every
 ``lr_step`` steps (SEC, DSRG's Caffe solvers), or a constant rate (SSSS,
@@ -59,13 +60,17 @@ def _parameter_groups(method: nn.Module, settings: dict[str, Any]) -> list[dict[
     if settings["name"] != "sgd" or not callable(groups_of):
         return [{"params": [p for p in method.parameters() if p.requires_grad]}]
     scale = settings["lr"] / settings["published_lr"]
-    groups = []
+    groups, grouped = [], set()
     for group in groups_of():
         group = dict(group, params=[p for p in group["params"] if p.requires_grad])
         if "lr" in group:
             group["lr"] = group["lr"] * scale
         groups.append(group)
-    return [group for group in groups if group["params"]]
+        grouped.update(id(p) for p in group["params"])
+    # Parameters the method's groups leave out (IRNet's backbone when it trains it) at the base rate: a frozen
+    # one gets no gradient, and SGD leaves a parameter without one alone (no weight decay either).
+    rest = [p for p in method.parameters() if p.requires_grad and id(p) not in grouped]
+    return [group for group in groups if group["params"]] + ([{"params": rest}] if rest else [])
 
 
 def build_optimizer(method: nn.Module, settings: dict[str, Any], total_steps: int):
