@@ -24,19 +24,19 @@ import torch
 from torch import Tensor, nn
 
 from python_models._checks import check_int, check_real
-from wsss_ext.ops._checks import require_finite
 from python_models.pseudo.clustering import kmeans
+from wsss_ext.ops._checks import require_finite
 
 __all__ = [
     "CORRFLOW_DROPOUT",
-    "ColourQuantizer",
     "LAB_SCALE",
     "LAB_SHIFT",
     "MAST_DROPOUT",
+    "ColourQuantizer",
     "channel_dropout",
     "colour_centroids",
-    "gamut_centroids",
     "denormalize_lab",
+    "gamut_centroids",
     "grayscale_lab",
     "lab_to_rgb",
     "normalize_lab",

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet101", "resnet18", "resnet18_tiny", "resnet50", "resnet_tiny"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet18_tiny", "resnet50", "resnet101", "resnet_tiny"]
 
 
 class BasicBlock(nn.Module):

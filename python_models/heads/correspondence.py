@@ -34,9 +34,9 @@ __all__ = [
     "CorrespondenceEncoder",
     "align",
     "coarse_offsets",
+    "long_term_dilation",
     "native_border",
     "propagate",
-    "long_term_dilation",
     "read_memory",
     "reconstruct_dropped",
 ]
@@ -141,7 +141,7 @@ def align(x: Tensor, offsets: Tensor) -> Tensor:
     x[p + d + offset(p + d)], the same wherever the offset field is constant
     over the window, and lets the stride-free kernel read it.
     """
-    b, _, h, w = x.shape
+    h, w = x.shape[-2:]
     target = _base_grid(h, w, offsets) + offsets
     grid = torch.stack([2 * target[..., 0] / max(w - 1, 1) - 1, 2 * target[..., 1] / max(h - 1, 1) - 1], -1)
     return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)

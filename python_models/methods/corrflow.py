@@ -12,9 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from python_models.augment.colour import CORRFLOW_DROPOUT, ColourQuantizer, channel_dropout
+from python_models.augment.colour import (
+    CORRFLOW_DROPOUT,
+    ColourQuantizer,
+    channel_dropout,
+)
 from python_models.heads.correspondence import CorrespondenceEncoder, propagate
-from python_models.losses.video import colour_cross_entropy, scheduled_sampling_threshold
+from python_models.losses.video import (
+    colour_cross_entropy,
+    scheduled_sampling_threshold,
+)
 from python_models.methods.base import VideoMethod
 from python_models.methods.registry import register
 

@@ -8,11 +8,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from python_models.augment.colour import MAST_DROPOUT, channel_dropout, normalize_lab, rgb_to_lab
-from python_models.heads.correspondence import CorrespondenceEncoder, long_term_dilation, reconstruct_dropped
+from python_models.augment.colour import (
+    MAST_DROPOUT,
+    channel_dropout,
+    normalize_lab,
+    rgb_to_lab,
+)
+from python_models.heads.correspondence import (
+    CorrespondenceEncoder,
+    long_term_dilation,
+    reconstruct_dropped,
+)
 from python_models.losses.video import lab_reconstruction_loss
 from python_models.methods.base import VideoMethod
 from python_models.methods.registry import register

@@ -13,8 +13,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from python_models.augment.colour import MAST_DROPOUT, channel_dropout, normalize_lab, rgb_to_lab
-from python_models.heads.correspondence import CorrespondenceEncoder, long_term_dilation, reconstruct_dropped
+from python_models.augment.colour import (
+    MAST_DROPOUT,
+    channel_dropout,
+    normalize_lab,
+    rgb_to_lab,
+)
+from python_models.heads.correspondence import (
+    CorrespondenceEncoder,
+    long_term_dilation,
+    reconstruct_dropped,
+)
 from python_models.losses.video import lab_reconstruction_loss
 from python_models.methods.base import VideoMethod
 from python_models.methods.registry import register
@@ -133,7 +142,7 @@ class SSVOS(VideoMethod):
         loss = self.reconstruction_loss(frames, batch.get("dropped_channels"))
         return {"reconstruction": loss, "loss": loss}
 
-    def adapted(self, frames: Tensor, steps: int | None = None) -> "SSVOS":
+    def adapted(self, frames: Tensor, steps: int | None = None) -> SSVOS:
         """A copy of this model after ``steps`` (default ``adapt_steps``) online
         adaptation steps on the video ``frames`` T x 3 x H x W (module docstring);
         ``self`` is not modified. Videos under three frames are not adapted."""

@@ -13,8 +13,17 @@ from method_support import one_thread  # noqa: F401  (autouse)
 from video_oracles import global_oracle, window_oracle
 
 from python_models.heads import correspondence
-from python_models.heads.correspondence import align, long_term_dilation, propagate, read_memory
-from python_models.methods.base import VideoMethod, propagate_video, synthetic_video_batch
+from python_models.heads.correspondence import (
+    align,
+    long_term_dilation,
+    propagate,
+    read_memory,
+)
+from python_models.methods.base import (
+    VideoMethod,
+    propagate_video,
+    synthetic_video_batch,
+)
 
 
 def _inputs(seed=0, refs=2, channels=6, labels=3, size=(7, 9), dtype=torch.float64):
@@ -88,7 +97,7 @@ def test_propagate_gradcheck_under_both_rules(border_path):
     q, k, v = _inputs(5, refs=1, channels=3, labels=2, size=(4, 4))
     for border in ("zero", "exclude"):
         args = tuple(x.clone().requires_grad_() for x in (q, k, v))
-        assert torch.autograd.gradcheck(lambda a, b, c: propagate(a, b, c, 1, 0.7, border=border), args)
+        assert torch.autograd.gradcheck(lambda a, b, c, rule=border: propagate(a, b, c, 1, 0.7, border=rule), args)
 
 
 def test_read_memory_is_one_softmax_over_all_references():

@@ -36,6 +36,7 @@ def test_reconstruction_loss_equals_the_unfold_oracle():
     lab = normalize_lab(rgb_to_lab(frames))
     dropped = (2,)
     out, target = model.reconstruct(lab, dropped)
+    torch.testing.assert_close(target, lab[:, 2, 2:3])
     seen = lab.clone()
     seen[:, :, 2] = 0
     seen = seen * 1.5
