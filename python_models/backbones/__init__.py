@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from python_models.backbones.efficientnet import EfficientNetLite, efficientnet_lite0
 from python_models.backbones.resnet import Bottleneck, ResNet, resnet50, resnet101, resnet_tiny
 from python_models.backbones.resnet import BasicBlock, resnet18, resnet18_tiny
 from python_models.backbones.resnet38d import ResNet38d, convert_mxnet_names, resnet38d, resnet38d_tiny
@@ -23,12 +24,14 @@ __all__ = [
     "BACKBONES",
     "BasicBlock",
     "Bottleneck",
+    "EfficientNetLite",
     "ResNet",
     "ResNet38d",
     "VGGLargeFOV",
     "VisionTransformer",
     "build_backbone",
     "convert_mxnet_names",
+    "efficientnet_lite0",
     "interpolate_pos_embed",
     "resnet101",
     "resnet18",
@@ -54,6 +57,7 @@ BACKBONES: dict[str, tuple[Callable[..., nn.Module], bool]] = {
     "resnet18_tiny": (resnet18_tiny, True),
     "resnet38d": (resnet38d, True),  # output stride 8 only
     "resnet38d_tiny": (resnet38d_tiny, True),
+    "efficientnet_lite0": (efficientnet_lite0, False),  # ImageNet weights: efficientnet_lite0(pretrained=True)
     "vgg16_largefov": (vgg16_largefov, False),
     "vgg_tiny": (vgg_tiny, False),
     "vit_small": (vit_small, False),  # patch 16: output stride 16
