@@ -7,6 +7,7 @@
     wsss-ext pseudo-labels a trained run's own pseudo-masks (palette PNGs); mIoU when the data has masks
     wsss-ext refine        refine your CAMs (.npy) into palette PNG masks; torchrun shards the files
     wsss-ext evaluate      confusion matrix, per-class IoU and mIoU of PNG masks against ground truth
+    wsss-ext track         propagate a first-frame mask through a folder of video frames; J&F with --gt
     wsss-ext methods       the registered methods: key, paper, the wsss_ext kernels each runs
     wsss-ext info          what this installation was built with
 """
@@ -16,10 +17,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from wsss_app.commands import cams, demo, evaluate, info, methods, pseudo_labels, refine, train
+from wsss_app.commands import cams, demo, evaluate, info, methods, pseudo_labels, refine, track, train
 
 # Sub-commands in --help order; each module holds NAME, HELP, add_arguments and run.
-COMMANDS = (demo, train, cams, pseudo_labels, refine, evaluate, methods, info)
+COMMANDS = (demo, train, cams, pseudo_labels, refine, evaluate, track, methods, info)
 
 # The errors a command raises for a user's mistake: printed as one line, exit status 2.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
