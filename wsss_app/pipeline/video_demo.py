@@ -45,7 +45,7 @@ class VideoDemoConfig:
     train_frames: int = 10
     val_frames: int = 16
     size: int = 64
-    steps: int = 500
+    steps: int = 300
     batch_size: int = 8
     learning_rate: float = 1e-3
     seed: int = 0
@@ -210,12 +210,19 @@ def _markdown(report: dict) -> str:
             f"{config['clip_length']} frames on {config['device']}. Stage timings: {timings}.\n")
 
 
-def _overlay(frame: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    from wsss_ext.io import VOC_PALETTE
+# Contour colours of labels 1, 2, ... in the figure: bright, and unlike the objects' own colours.
+_CONTOURS = np.array([[255, 255, 0], [0, 255, 255], [255, 0, 255], [255, 255, 255], [255, 128, 0], [0, 255, 0]])
 
-    colours = VOC_PALETTE[labels.clip(0, 255)].astype(np.float32)
-    inside = (labels > 0)[..., None]
-    return np.where(inside, (1 - alpha) * frame + alpha * colours, frame).round().astype(np.uint8)
+
+def _overlay(frame: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The frame with each object's outline (two pixels wide) drawn in its contour colour."""
+    from wsss_ext.metrics import boundary_map, dilate_disk
+
+    image = frame.copy()
+    for label in range(1, int(labels.max()) + 1):
+        outline = dilate_disk(boundary_map(torch.from_numpy(labels == label)), 1).numpy()
+        image[outline] = _CONTOURS[(label - 1) % len(_CONTOURS)]
+    return image
 
 
 def _figure(path: Path, videos: SyntheticVideos, predictions: dict, n_videos: int, n_frames: int) -> None:
