@@ -14,7 +14,12 @@ from wsss_app import cli
 from wsss_app.commands import refine as refine_command
 from wsss_app.pipeline.chains import PRESETS, ChainSettings, chain_settings, refine
 from wsss_app.pipeline.demo import DEMO_SETTINGS
-from wsss_app.pipeline.walks import AffinityNetworkWalk, BoundaryNetworkWalk, ImageGradientWalk, walk_of
+from wsss_app.pipeline.walks import (
+    AffinityNetworkWalk,
+    BoundaryNetworkWalk,
+    ImageGradientWalk,
+    walk_of,
+)
 from wsss_ext.io import read_label_map
 
 PAMR_1STAGE = dict(n_iters=10, dilations=(1, 2, 4, 8, 12, 24), sigma=0.1)
