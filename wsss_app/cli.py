@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"wsss-ext {args.command}: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: files in flight are already cleaned up by wsss_ext.io.atomic_write.
+        print(f"wsss-ext {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
