@@ -2,7 +2,7 @@
 
 from python_models.heads.affinity import AFFINITY_HEAD_CHANNELS, AffinityHead
 from python_models.heads.cam import CAMHead
-from python_models.heads.correspondence import CorrespondenceEncoder, propagate, read_memory
+from python_models.heads.correspondence import CorrespondenceEncoder, read_memory
 from python_models.heads.deeplab import ASPP, DeepLabV3PlusDecoder
 from python_models.heads.encoder import GlobalPoolEncoder
 from python_models.heads.fickle import derive_seed, FickleHead
@@ -40,7 +40,6 @@ __all__ = [
     "pcm_input",
     "pcm_refine",
     "pooled_features",
-    "propagate",
     "read_memory",
     "PRETEXT_OUTPUT_STRIDE",
     "ProjectionMLP",

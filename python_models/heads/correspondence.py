@@ -4,7 +4,7 @@ frames with either border rule, and MAST's long-term coarse search.
 
 - :class:`CorrespondenceEncoder`: a stride-4 backbone and a 3 x 3 convolution
   to ``dim`` channels (MAST / CorrFlow ``post_convolution``: 256 -> 64).
-- :func:`propagate`: ``wsss_ext.propagate_labels`` with a border rule:
+- the pointer itself is ``wsss_ext.propagate_labels`` with its border rule:
   ``"zero"`` (MAST: an out-of-frame tap stays in the softmax with score 0 and
   label 0, so the label mass is below 1 near borders) or ``"exclude"``
   (CorrFlow: padded taps get score -1e10, the mass is exactly 1).
@@ -19,8 +19,6 @@ frames with either border rule, and MAST's long-term coarse search.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Sequence
 
 import torch
@@ -30,18 +28,14 @@ from torch import Tensor, nn
 import wsss_ext
 
 __all__ = [
-    "BORDERS",
     "CorrespondenceEncoder",
     "align",
     "coarse_offsets",
     "long_term_dilation",
-    "native_border",
-    "propagate",
     "read_memory",
     "reconstruct_dropped",
 ]
 
-BORDERS = ("zero", "exclude")
 MAST_LONG_TERM_GAP = 15      # colorizer.py dil_int: references more than 15 frames back are searched
 MAST_SEARCH_RADIUS = 12      # colorizer.py memory_patch_R: a 25 x 25 coarse search
 MAST_MAX_DILATION = 4        # colorizer.py: "The maximum dilation rate is 4"
@@ -63,47 +57,6 @@ class CorrespondenceEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.projection(self.backbone(x))
-
-
-@functools.lru_cache(maxsize=1)
-def native_border() -> bool:
-    """Whether the installed ``wsss_ext.propagate_labels`` takes ``border=``."""
-    return "border" in inspect.signature(wsss_ext.propagate_labels).parameters
-
-
-def propagate(query: Tensor, keys: Tensor, values: Tensor, radius: int, temperature: float = 1.0,
-              topk: int | None = None, border: str = "zero") -> Tensor:
-    """``wsss_ext.propagate_labels`` under a border rule (module docstring).
-
-    Args:
-        query: B x C x h x w target features; keys: B x R x C x h x w;
-            values: B x R x L x h x w reference labels or colours.
-        radius, temperature, topk: as in ``wsss_ext.propagate_labels``.
-        border: ``"zero"`` or ``"exclude"``.
-
-    Returns:
-        B x L x h x w, differentiable in all three.
-
-    ``"exclude"`` uses the kernel's own option when the installed op has it;
-    otherwise it is computed exactly from the zero rule: with a channel of
-    ones appended to the values, that channel's output is the softmax mass
-    of the in-frame taps, Z_in / Z, and dividing by it gives the softmax over
-    the in-frame taps alone. Top-k with ``"exclude"`` needs the native option
-    (the zero taps could take top-k places).
-    """
-    if border not in BORDERS:
-        raise ValueError(f"border must be one of {BORDERS}, got {border!r}")
-    if border == "zero" or native_border():
-        extra = {"border": border} if native_border() else {}
-        return wsss_ext.propagate_labels(query, keys, values, radius, temperature, topk, **extra)
-    if topk is not None:
-        raise ValueError("border='exclude' with topk needs a wsss_ext whose propagate_labels takes border=")
-    if not isinstance(values, Tensor) or values.dim() != 5:
-        raise ValueError(f"values must be B x R x L x H x W, got {getattr(values, 'shape', type(values).__name__)}")
-    ones = values.new_ones(values.shape[:2] + (1,) + values.shape[3:])
-    out = wsss_ext.propagate_labels(query, keys, torch.cat([values, ones], 2), radius, temperature)
-    mass = out[:, -1:].clamp_min(torch.finfo(out.dtype).tiny)
-    return out[:, :-1] / mass
 
 
 def _base_grid(height: int, width: int, like: Tensor) -> Tensor:
@@ -159,7 +112,7 @@ def read_memory(query: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor],
     """MAST's memory read: every reference through its window, the long-term
     ones (``dilations[r] > 0``) first moved by their coarse-search offsets
     (:func:`coarse_offsets`, :func:`align`), then one softmax over all
-    references x taps (:func:`propagate`).
+    references x taps (``wsss_ext.propagate_labels``, its ``border`` rule).
 
     Args:
         query: B x C x h x w; keys: R tensors B x C x h x w; values: R tensors B x L x h x w.
@@ -181,8 +134,8 @@ def read_memory(query: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor],
             key, value = align(key, offsets), align(value, offsets)
         aligned_keys.append(key)
         aligned_values.append(value)
-    return propagate(query, torch.stack(aligned_keys, 1), torch.stack(aligned_values, 1), radius, temperature,
-                     border=border)
+    return wsss_ext.propagate_labels(query, torch.stack(aligned_keys, 1), torch.stack(aligned_values, 1), radius,
+                                     temperature, border=border)
 
 
 def reconstruct_dropped(encoder: nn.Module, lab: Tensor, dropped: Sequence[int], radius: int,

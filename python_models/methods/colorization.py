@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import wsss_ext
 from python_models.augment.colour import ColourQuantizer, grayscale_lab
-from python_models.heads.correspondence import CorrespondenceEncoder, propagate
+from python_models.heads.correspondence import CorrespondenceEncoder
 from python_models.losses.video import colour_cross_entropy
 from python_models.methods.base import VideoMethod
 from python_models.methods.registry import register
@@ -141,8 +142,8 @@ class Colorization(VideoMethod):
         values = F.interpolate(colours.flatten(0, 1), size=grid, mode="bilinear", align_corners=False)
         values = values.unflatten(0, colours.shape[:2])
         radius = self.window_radius(self.config.radius, grid)
-        return propagate(features[:, -1], features[:, :-1], values, radius, float(self.config.temperature),
-                         border=self.BORDER)
+        return wsss_ext.propagate_labels(features[:, -1], features[:, :-1], values, radius,
+                                         float(self.config.temperature), border=self.BORDER)
 
     def losses(self, batch: Mapping[str, Any], step: int = 0) -> dict[str, Tensor]:
         self.check_batch(batch)

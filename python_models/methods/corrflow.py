@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+import wsss_ext
 from python_models.augment.colour import (
     CORRFLOW_DROPOUT,
     ColourQuantizer,
     channel_dropout,
 )
-from python_models.heads.correspondence import CorrespondenceEncoder, propagate
+from python_models.heads.correspondence import CorrespondenceEncoder
 from python_models.losses.video import (
     colour_cross_entropy,
     scheduled_sampling_threshold,
@@ -132,8 +133,8 @@ class CorrFlow(VideoMethod):
         reference's (B x K x H x W) through features B x D x h x w."""
         size = colours.shape[-2:]
         values = F.interpolate(colours, size=reference.shape[-2:], mode="bilinear", align_corners=False)
-        out = propagate(target, reference.unsqueeze(1), values.unsqueeze(1), int(self.config.radius),
-                        float(self.config.temperature), border=self.BORDER)
+        out = wsss_ext.propagate_labels(target, reference.unsqueeze(1), values.unsqueeze(1),
+                                        int(self.config.radius), float(self.config.temperature), border=self.BORDER)
         return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
 
     def _draws(self, batch: Mapping[str, Any], count: int) -> list[bool]:

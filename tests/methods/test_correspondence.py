@@ -1,5 +1,6 @@
-"""The shared correspondence blocks of the video methods: the pointer under
-both border rules against unfold + softmax oracles (per-pixel label mass,
+"""The shared correspondence blocks of the video methods: the pointer
+(``wsss_ext.propagate_labels``) under both border rules as the methods call
+it, against unfold + softmax oracles (per-pixel label mass,
 identity on identical frames, dependence on the window only, gradcheck),
 one softmax over several references, the aligned long-term read, the
 tracking loop and the synthetic clips."""
@@ -12,13 +13,8 @@ import torch.nn.functional as F
 from method_support import one_thread  # noqa: F401  (autouse)
 from video_oracles import global_oracle, window_oracle
 
-from python_models.heads import correspondence
-from python_models.heads.correspondence import (
-    align,
-    long_term_dilation,
-    propagate,
-    read_memory,
-)
+import wsss_ext
+from python_models.heads.correspondence import align, long_term_dilation, read_memory
 from python_models.methods.base import (
     VideoMethod,
     propagate_video,
@@ -34,25 +30,19 @@ def _inputs(seed=0, refs=2, channels=6, labels=3, size=(7, 9), dtype=torch.float
     return q, k, v
 
 
-@pytest.fixture(params=["native", "emulated"])
-def border_path(request, monkeypatch):
-    """Run "exclude" through the installed op's option (when it has one) and through the emulation."""
-    if request.param == "native" and not correspondence.native_border():
-        pytest.skip("the installed wsss_ext.propagate_labels has no border= option yet")
-    if request.param == "emulated":
-        monkeypatch.setattr(correspondence, "native_border", lambda: False)
-    return request.param
+def propagate(query, keys, values, radius, temperature=1.0, border="zero"):
+    return wsss_ext.propagate_labels(query, keys, values, radius, temperature, border=border)
 
 
 @pytest.mark.parametrize("border", ["zero", "exclude"])
-def test_propagate_equals_the_unfold_oracle_of_its_border_rule(border, border_path):
+def test_propagate_equals_the_unfold_oracle_of_its_border_rule(border):
     q, k, v = _inputs()
     out = propagate(q, k, v, radius=2, temperature=0.5, border=border)
     expected = window_oracle(q, list(k.unbind(1)), list(v.unbind(1)), 2, 0.5, border)
     torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-8)
 
 
-def test_label_mass_is_one_inside_and_below_one_at_the_border_only_under_zero(border_path):
+def test_label_mass_is_one_inside_and_below_one_at_the_border_only_under_zero():
     q, k, v = _inputs(1)
     one = propagate(q, k, v, 2, border="exclude").sum(1)[0]
     torch.testing.assert_close(one, torch.ones_like(one), atol=1e-12, rtol=0)  # CorrFlow: exactly 1 everywhere
@@ -62,7 +52,7 @@ def test_label_mass_is_one_inside_and_below_one_at_the_border_only_under_zero(bo
 
 
 @pytest.mark.parametrize("border", ["zero", "exclude"])
-def test_identical_frames_with_a_sharp_softmax_propagate_the_identity(border, border_path):
+def test_identical_frames_with_a_sharp_softmax_propagate_the_identity(border):
     g = torch.Generator().manual_seed(2)
     features = F.normalize(torch.randn(1, 16, 6, 6, generator=g, dtype=torch.float64), dim=1)
     labels = torch.randint(0, 4, (6, 6), generator=g)
@@ -75,7 +65,7 @@ def test_identical_frames_with_a_sharp_softmax_propagate_the_identity(border, bo
 
 
 @pytest.mark.parametrize("border", ["zero", "exclude"])
-def test_the_result_depends_only_on_the_window(border, border_path):
+def test_the_result_depends_only_on_the_window(border):
     q, k, v = _inputs(3, size=(9, 9))
     base = propagate(q, k, v, 1, border=border)
     far_k, far_v = k.clone(), v.clone()
@@ -86,14 +76,14 @@ def test_the_result_depends_only_on_the_window(border, border_path):
     assert not torch.allclose(changed[..., 5:], base[..., 5:])
 
 
-def test_a_whole_grid_window_with_excluded_padding_is_global_attention(border_path):
+def test_a_whole_grid_window_with_excluded_padding_is_global_attention():
     q, k, v = _inputs(4, size=(5, 4))
     out = propagate(q, k, v, radius=4, border="exclude")
     torch.testing.assert_close(out, global_oracle(q, k, v), atol=1e-10, rtol=1e-8)
     assert VideoMethod.window_radius(None, (5, 4)) == 4 and VideoMethod.window_radius(None, (200, 90)) == 64
 
 
-def test_propagate_gradcheck_under_both_rules(border_path):
+def test_propagate_gradcheck_under_both_rules():
     q, k, v = _inputs(5, refs=1, channels=3, labels=2, size=(4, 4))
     for border in ("zero", "exclude"):
         args = tuple(x.clone().requires_grad_() for x in (q, k, v))
@@ -119,19 +109,14 @@ def test_align_with_a_constant_offset_is_a_shift_with_zero_fill():
     assert [long_term_dilation(g) for g in (1, 15, 16, 29, 30, 45, 60, 500)] == [0, 0, 2, 2, 3, 4, 4, 4]
 
 
-def test_bad_border_and_unsupported_combinations_are_refused(monkeypatch):
+def test_bad_references_are_refused():
     q, k, v = _inputs()
     with pytest.raises(ValueError, match="border"):
-        propagate(q, k, v, 1, border="replicate")
-    monkeypatch.setattr(correspondence, "native_border", lambda: False)
-    with pytest.raises(ValueError, match="topk"):
-        propagate(q, k, v, 1, topk=3, border="exclude")
+        read_memory(q, [k[:, 0]], [v[:, 0]], 1, border="replicate")
     with pytest.raises(ValueError, match="keys"):
         read_memory(q, [k[:, 0]], [], 1)
     with pytest.raises(ValueError, match="dilations"):
         read_memory(q, [k[:, 0]], [v[:, 0]], 1, dilations=[0, 2])
-    with pytest.raises(ValueError, match="keys"):
-        propagate(q, k[:, :, :3], v, 1)  # the kernel's own check names the argument
 
 
 def test_propagate_video_feeds_hard_labels_back_and_keeps_frame_zero():
