@@ -6,7 +6,8 @@ dataset (image-level tags only; pixel ground truth for scoring).
     python benchmarks/pseudo_labels.py --quick      # smoke run, numbers mean nothing
 
 1. A CAM classifier (``cam``) is trained on the tags; its multi-scale CAMs
-   of the training and validation images are the seeds.
+   of the training and validation images are the seeds. Every method is
+   built and trained by the demo's recipes (``wsss_app.pipeline.recipes``).
 2. ``affinitynet`` is trained on PSA's affinity labels of the training CAMs
    and ``irnet`` on IRNet's IR labels of them (both start from the CAM
    network's backbone, standing in for ImageNet weights; IRNet trains it with
@@ -27,12 +28,11 @@ Writes ``<out>/pseudo-labels-<device>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,10 +42,10 @@ sys.path.insert(0, str(HERE))
 
 import wsss_ext  # noqa: E402
 from common import device_name, device_slug, peak_memory  # noqa: E402
-from python_models import create, pseudo, resnet_tiny  # noqa: E402
-from python_models.losses import reduce_label_map  # noqa: E402
+from python_models import pseudo  # noqa: E402
+from wsss_app.pipeline.recipes import Recipe, batched, method_cams, train_method  # noqa: E402
 from wsss_app.pipeline.synthetic import CLASS_NAMES, IGNORE_INDEX, make_dataset  # noqa: E402
-from wsss_app.pipeline.training import fit, to_unit  # noqa: E402
+from wsss_app.pipeline.training import to_unit  # noqa: E402
 from wsss_ext.metrics import confusion_matrix, mean_iou  # noqa: E402
 
 
@@ -54,19 +54,11 @@ class Config:
     n_train: int = 192
     n_val: int = 48
     image_size: int = 64
-    epochs: int = 10
-    batch_size: int = 16
-    learning_rate: float = 2e-3
-    width: int = 16
-    cam_scales: tuple[float, ...] = (1.0, 0.75, 1.25)
+    recipe: Recipe = field(default_factory=Recipe)  # 10 epochs, batch 16, lr 2e-3, width 16, 3 CAM scales
     cam_threshold: float = 0.25  # the constant background score of a CAM seed (IRNet's chain)
-    # IRNet's pair radius: irn's 10 at stride 4 spans a 512 crop's 128 x 128 map; the 16 x 16 maps of
-    # 64-pixel images take 5 (the walk's radius).
-    irnet_radius: int = 5
-    seed: int = 0
 
 
-QUICK = Config(n_train=32, n_val=8, image_size=64, epochs=1, batch_size=16, cam_scales=(1.0,))
+QUICK = Config(n_train=32, n_val=8, image_size=64, recipe=Recipe(epochs=1, cam_scales=(1.0,)))
 
 
 def _log(message: str) -> None:
@@ -75,10 +67,6 @@ def _log(message: str) -> None:
 
 def _miou(predicted: torch.Tensor, truth: torch.Tensor) -> float:
     return 100 * mean_iou(confusion_matrix(predicted.cpu(), truth, len(CLASS_NAMES), IGNORE_INDEX))
-
-
-def _batched(fn, *tensors, batch_size: int):
-    return torch.cat([fn(*(t[i : i + batch_size] for t in tensors)) for i in range(0, len(tensors[0]), batch_size)])
 
 
 def _stage(fn, device: str) -> tuple[torch.Tensor, float, int | None]:
@@ -90,85 +78,51 @@ def _stage(fn, device: str) -> tuple[torch.Tensor, float, int | None]:
 
 
 def run(config: Config, device: str = "cpu", progress: bool = False) -> dict:
-    torch.manual_seed(config.seed)
-    train = make_dataset(config.n_train, config.image_size, seed=config.seed)
-    val = make_dataset(config.n_val, config.image_size, seed=config.seed + 10_000)
-    classes = len(CLASS_NAMES) - 1
-    common = dict(epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-                  seed=config.seed, device=device, progress=progress)
+    train = make_dataset(config.n_train, config.image_size, seed=config.recipe.seed)
+    val = make_dataset(config.n_val, config.image_size, seed=config.recipe.seed + 10_000)
+    recipe, batch_size = config.recipe, config.recipe.batch_size
     rows, timings = [], {}
-
-    def unit(images):
-        return to_unit(images.to(device))
 
     def row(method: str, stage: str, labels: torch.Tensor, seconds: float, memory: int | None) -> None:
         rows.append({"method": method, "stage": stage, "miou": _miou(labels, val.masks), "seconds": seconds,
                      "peak_memory_bytes": memory})
 
-    # 1. The CAM classifier and its seeds.
-    start = time.perf_counter()
-    cam = create("cam", backbone=resnet_tiny(output_stride=8, width=config.width), num_classes=classes).to(device)
-    fit(cam, train.images, train.tags, desc="cam", **common)
-    timings["train cam"] = time.perf_counter() - start
-    _log(f"trained cam in {timings['train cam']:.0f} s")
-
-    def cams_of(data):
-        with torch.no_grad():
-            return _batched(lambda x, t: cam.cams(unit(x), t.to(device), config.cam_scales), data.images, data.tags,
-                            batch_size=config.batch_size)
-
-    train_cams, val_cams = cams_of(train), cams_of(val)
-    seeds = pseudo.cams_to_labels(val_cams, val.tags.to(device), config.cam_threshold)
-    row("cam", f"CAM seed (background {config.cam_threshold})", seeds, 0.0, None)
-
-    # 2. AffinityNet and IRNet on labels made from the training CAMs.
-    start = time.perf_counter()
-    affinity_labels = _batched(lambda c, x, t: pseudo.psa_affinity_label_map(c, unit(x), t.to(device)),
-                               train_cams, train.images, train.tags, batch_size=config.batch_size)
-    affinitynet = create("affinitynet", backbone=copy.deepcopy(cam.backbone), num_classes=classes,
-                         cam_network=None).to(device)
-    fit(affinitynet, train.images, train.tags, extras={"affinity_labels": affinity_labels.cpu(),
-                                                        "cams": train_cams.cpu()}, desc="affinitynet", **common)
-    timings["train affinitynet"] = time.perf_counter() - start
-    _log(f"trained affinitynet in {timings['train affinitynet']:.0f} s")
-    walked, seconds, memory = _stage(lambda: _batched(
-        lambda x, t, c: affinitynet.pseudo_labels(unit(x), t.to(device), cams=c), val.images, val.tags, val_cams,
-        batch_size=config.batch_size), device)
-    row("affinitynet", "random walk of the CAMs (feature affinity)", walked, seconds, memory)
-
-    start = time.perf_counter()
-    size = (-(-config.image_size // 4),) * 2
-    ir_labels = _batched(lambda c, x, t: reduce_label_map(pseudo.ir_labels(c, unit(x), t.to(device)), size),
-                         train_cams, train.images, train.tags, batch_size=config.batch_size)
-    irnet = create("irnet", backbone=copy.deepcopy(cam.backbone), num_classes=classes, cam_network=None,
-                   crop_size=config.image_size, radius=config.irnet_radius, freeze_backbone=False).to(device)
-    fit(irnet, train.images, train.tags, extras={"ir_labels": ir_labels.cpu(), "cams": train_cams.cpu()},
-        desc="irnet", **common)
-    timings["train irnet"] = time.perf_counter() - start
-    _log(f"trained irnet in {timings['train irnet']:.0f} s")
-    walked, seconds, memory = _stage(lambda: _batched(
-        lambda x, t, c: irnet.pseudo_labels(unit(x), t.to(device), cams=c), val.images, val.tags, val_cams,
-        batch_size=config.batch_size), device)
-    row("irnet", "random walk of the CAMs (boundary affinity)", walked, seconds, memory)
-
-    # 3. The single-stage methods, from the tags alone.
-    for key in ("ssss", "recurseed"):
+    def trained(key: str, **extra):
         start = time.perf_counter()
-        model = create(key, backbone="tiny", num_classes=classes).to(device)
-        fit(model, train.images, train.tags, desc=key, **common)
+        model = train_method(key, train.images, train.tags, recipe, device=device, progress=progress, **extra)
         timings[f"train {key}"] = time.perf_counter() - start
         _log(f"trained {key} in {timings[f'train {key}']:.0f} s")
+        return model
+
+    def seeds_of(cams: torch.Tensor) -> torch.Tensor:
+        return pseudo.cams_to_labels(cams, val.tags.to(device), config.cam_threshold)
+
+    # 1. The CAM classifier and its seeds (wsss_app.pipeline.recipes: the demo's recipes).
+    cam = trained("cam")
+    train_cams, val_cams = (method_cams(cam, data.images, data.tags, recipe, device) for data in (train, val))
+    row("cam", f"CAM seed (background {config.cam_threshold})", seeds_of(val_cams), 0.0, None)
+
+    # 2. AffinityNet and IRNet on labels made from the training CAMs; each walks the validation CAMs.
+    for key, affinity in (("affinitynet", "feature affinity"), ("irnet", "boundary affinity")):
+        model = trained(key, cam_network=cam, cams=train_cams)
+        walked, seconds, memory = _stage(lambda model=model: batched(
+            lambda x, t, c: model.pseudo_labels(to_unit(x.to(device)), t.to(device), cams=c), val.images, val.tags,
+            val_cams, batch_size=batch_size), device)
+        row(key, f"random walk of the CAMs ({affinity})", walked, seconds, memory)
+
+    # 3. The single-stage methods, from the tags alone; their own CAMs are their seeds.
+    for key in ("ssss", "recurseed"):
+        model = trained(key)
         with torch.no_grad():
-            own = _batched(lambda x, t: model.cams(unit(x), t.to(device)), val.images, val.tags,
-                           batch_size=config.batch_size)
-        row(key, f"its CAM seed (background {config.cam_threshold})",
-            pseudo.cams_to_labels(own, val.tags.to(device), config.cam_threshold), 0.0, None)
-        masks, seconds, memory = _stage(lambda: _batched(
-            lambda x, t: model.pseudo_labels(unit(x), t.to(device)), val.images, val.tags,
-            batch_size=config.batch_size), device)
+            own = batched(lambda x, t, model=model: model.cams(to_unit(x.to(device)), t.to(device)), val.images,
+                          val.tags, batch_size=batch_size)
+        row(key, f"its CAM seed (background {config.cam_threshold})", seeds_of(own), 0.0, None)
+        masks, seconds, memory = _stage(lambda model=model: batched(
+            lambda x, t: model.pseudo_labels(to_unit(x.to(device)), t.to(device)), val.images, val.tags,
+            batch_size=batch_size), device)
         row(key, "its pseudo-labels (PAMR / SCG + PAMR + CRF)", masks, seconds, memory)
 
-    # 5. IRNet's walk at its full size.
+    # 4. IRNet's walk at its full size.
     generator = torch.Generator().manual_seed(1)
     height, width = (94, 125) if config is not QUICK else (24, 32)
     full_cams = torch.rand(1, 20, height, width, generator=generator).to(device)
