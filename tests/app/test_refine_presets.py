@@ -202,3 +202,40 @@ def test_methods_without_a_walk_network_fall_back_to_the_image_gradient():
     assert walk_of(None) is None
     walk, line = refine_command.walk_of_run(_args(), "cpu")
     assert walk is None and "image-gradient" in line and "image-gradient" in ImageGradientWalk().name
+
+
+def _run_folder(root, key, **overrides):
+    from wsss_app.pipeline.runs import save_checkpoint, write_config
+
+    torch.manual_seed(0)
+    model = python_models.create(key, backbone="tiny", num_classes=3, **overrides).eval()
+    root.mkdir()
+    write_config(root, {"method": key, "overrides": {"backbone": "tiny", "num_classes": 3, **overrides},
+                        "classes": ["a", "b", "c"]})
+    save_checkpoint(root, {"model": model.state_dict(), "epoch": 1, "step": 4})
+    return model
+
+
+def test_refine_run_walks_the_runs_boundary_network_and_says_so(tmp_path, capsys):
+    from PIL import Image
+
+    images, cams, _ = _walk_case()
+    for folder in ("images", "cams"):
+        (tmp_path / folder).mkdir()
+    for index in range(2):
+        Image.fromarray(images[index].permute(1, 2, 0).numpy()).save(tmp_path / "images" / f"{index}.png")
+        np.save(tmp_path / "cams" / f"{index}.npy", cams[index].numpy())
+    irnet = _run_folder(tmp_path / "irnet_run", "irnet", cam_network=None)
+    _run_folder(tmp_path / "cam_run", "cam")
+    command = ["refine", "--images", str(tmp_path / "images"), "--cams", str(tmp_path / "cams"), "--chain", "rw",
+               "--no-progress", "--preset", "irnet"]
+    assert cli.main([*command, "--out", str(tmp_path / "out"), "--run", str(tmp_path / "irnet_run")]) == 0
+    assert "random walk: the trained boundary network of irnet" in capsys.readouterr().out
+    # _load_cam divides each channel by its max: the oracle refines the same CAMs.
+    peak = cams.flatten(2).amax(2).clamp(min=1e-5)[..., None, None]
+    expected = refine(images, cams / peak, "rw", chain_settings("irnet"), BoundaryNetworkWalk(irnet))
+    for index in range(2):
+        assert np.array_equal(read_label_map(tmp_path / "out" / f"{index}.png"), expected[index].numpy())
+    assert cli.main([*command, "--out", str(tmp_path / "out2"), "--run", str(tmp_path / "cam_run")]) == 0
+    assert "random walk: the image-gradient boundary" in capsys.readouterr().out
+    assert cli.main([*command, "--out", str(tmp_path / "out3"), "--run", str(tmp_path / "nothing")]) == 2
