@@ -244,7 +244,7 @@ def _figure(path: Path, videos: SyntheticVideos, predictions: dict, n_videos: in
             for c, t in enumerate(times):
                 axis = axes[v * len(row_names) + r, c]
                 frame = videos.frames[v, t].permute(1, 2, 0).numpy()
-                axis.imshow(_overlay(frame, labels[t].numpy()))
+                axis.imshow(_overlay(frame, labels[t].numpy()), interpolation="nearest")
                 axis.set_xticks([])
                 axis.set_yticks([])
                 if r == 0 and v == 0:
