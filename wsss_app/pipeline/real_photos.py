@@ -264,6 +264,13 @@ def real_markdown(report: dict) -> str:
             f"Figure only: {gallery}. Total {report['timings_seconds']['total']:.0f} s.\n")
 
 
+def _tinted(photo: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The photo with ``mask`` tinted red and the rest dimmed."""
+    out = photo.astype(np.float32) * 0.35
+    out[mask] = 0.5 * photo[mask] + 0.5 * np.array([255.0, 0.0, 0.0])
+    return out.astype(np.uint8)
+
+
 def _figure(path: Path, image, truth, cams, mapped, labels, best, gallery) -> None:
     """Row 1: the VOC photo, its CAM, the CAM's and the best chain's masks, the
     ground truth; then one row per scikit-image photo: photo, CAM, CRF mask."""
@@ -285,7 +292,8 @@ def _figure(path: Path, image, truth, cams, mapped, labels, best, gallery) -> No
         photo, cam, refined = entry["_maps"]
         voc = f" ({entry['voc_class']})" if entry["voc_class"] else ""
         rows.append([(f"{entry['photo']}", photo, None), (f"CAM of ImageNet #{entry['imagenet_top1']}{voc}",
-                                                           cam.numpy(), "jet"), ("cam+crf", refined, "gray")])
+                                                           cam.numpy(), "jet"),
+                     ("cam+crf (foreground tinted)", _tinted(photo, refined == 1), None)])
     figure, axes = plt.subplots(len(rows), 5, figsize=(13, 2.4 * len(rows)), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
