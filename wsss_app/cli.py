@@ -1,7 +1,8 @@
 """The ``wsss-ext`` command.
 
-    wsss-ext demo          the pseudo-label stage on a built-in synthetic dataset: trains a CAM classifier,
-                           refines its CAMs with every chain, reports mIoU, timings and a figure
+    wsss-ext demo          the papers' comparison on a built-in synthetic set: several WSSS methods, each
+                           CAM -> refinement chains -> mIoU, time, memory, figure; --real: real photos;
+                           --task video: a tiny MAST tracker against copying the first mask (J&F)
     wsss-ext train         train a WSSS method on tagged images (VOC, a tags.csv folder); resumes; torchrun: DDP
     wsss-ext cams          a trained run's multi-scale CAMs of images as <stem>.npy, the files refine reads
     wsss-ext pseudo-labels a trained run's own pseudo-masks (palette PNGs); mIoU when the data has masks
