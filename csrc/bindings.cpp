@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <limits>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -59,6 +60,9 @@ DType dtype_from_typestr(const std::string& typestr, const char* arg) {
 }
 
 ArrayView view_from_torch(py::handle tensor, const char* arg) {
+  const std::string layout = py::str(tensor.attr("layout"));
+  if (layout != "torch.strided")
+    type_error(std::string(arg) + ": expected a dense (strided) tensor, got layout " + layout);
   ArrayView view;
   view.dtype = dtype_from_torch(py::str(tensor.attr("dtype")), arg);
   const py::object device = tensor.attr("device");
@@ -72,29 +76,57 @@ ArrayView view_from_torch(py::handle tensor, const char* arg) {
   view.data = reinterpret_cast<void*>(tensor.attr("data_ptr")().cast<uintptr_t>());
   view.shape = tensor.attr("shape").cast<std::vector<int64_t>>();
   view.strides = tensor.attr("stride")().cast<std::vector<int64_t>>();
+  wsss::check_view(view, arg);
   return view;
 }
 
+// The sizes or strides of an array interface: a sequence of integers that fit int64.
+std::vector<int64_t> int64_list(py::handle values, const char* arg, const char* what) {
+  try {
+    return values.cast<std::vector<int64_t>>();
+  } catch (const py::cast_error&) {
+    type_error(std::string(arg) + ": the array interface's " + what + " must be a tuple of integers within int64, got " +
+               std::string(py::repr(values)));
+  }
+}
+
 ArrayView view_from_interface(const py::dict& interface, DeviceType device, const char* arg) {
+  for (const char* key : {"typestr", "data", "shape"})
+    if (!interface.contains(key))
+      type_error(std::string(arg) + ": the array interface has no '" + key + "' entry");
   ArrayView view;
   view.device = device;
-  view.dtype = dtype_from_typestr(interface["typestr"].cast<std::string>(), arg);
-  const auto data = interface["data"].cast<py::tuple>();
-  view.data = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
-  view.readonly = data[1].cast<bool>();
-  view.shape = interface["shape"].cast<std::vector<int64_t>>();
+  view.dtype = dtype_from_typestr(py::str(interface["typestr"]), arg);
+  const py::object data = interface["data"];
+  if (!py::isinstance<py::tuple>(data) || py::len(data) != 2)
+    type_error(std::string(arg) + ": the array interface's 'data' must be a (pointer, read-only) tuple, got " +
+               std::string(py::repr(data)));
+  const py::tuple pointer = data.cast<py::tuple>();
+  try {
+    view.data = reinterpret_cast<void*>(pointer[0].cast<uintptr_t>());
+  } catch (const py::cast_error&) {
+    type_error(std::string(arg) + ": the array interface's data pointer must be a non-negative integer, got " +
+               std::string(py::repr(pointer[0])));
+  }
+  view.readonly = py::bool_(pointer[1]);
+  view.shape = int64_list(interface["shape"], arg, "shape");
   const int64_t itemsize = wsss::dtype_size(view.dtype);
   if (!interface.contains("strides") || interface["strides"].is_none()) {
+    // Row-major strides, saturated at int64's max (check_view then reports the size).
     view.strides.assign(view.shape.size(), 1);
-    for (int d = static_cast<int>(view.shape.size()) - 2; d >= 0; --d)
-      view.strides[d] = view.strides[d + 1] * view.shape[d + 1];
+    constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+    for (int d = static_cast<int>(view.shape.size()) - 2; d >= 0; --d) {
+      const int64_t size = view.shape[d + 1] > 0 ? view.shape[d + 1] : 1;
+      view.strides[d] = view.strides[d + 1] > kMax / size ? kMax : view.strides[d + 1] * size;
+    }
   } else {
-    for (int64_t byte_stride : interface["strides"].cast<std::vector<int64_t>>()) {
+    for (int64_t byte_stride : int64_list(interface["strides"], arg, "strides")) {
       if (byte_stride % itemsize != 0)
         throw std::invalid_argument(std::string(arg) + ": strides must be multiples of the item size");
       view.strides.push_back(byte_stride / itemsize);
     }
   }
+  wsss::check_view(view, arg);
   if (device == DeviceType::kCUDA && view.data != nullptr)
     view.device_index = wsss::cuda_pointer_device(reinterpret_cast<uintptr_t>(view.data));
   return view;
