@@ -353,9 +353,12 @@ def unary_from_probs(probs: Tensor, clip: float = 1e-5) -> Tensor:
     clip = check_real(clip, "clip", positive=True)
     if clip > 1:
         raise ValueError(f"clip must be in (0, 1], got {clip}")
-    clamped = probs.clamp(clip, 1.0)  # NaN stays NaN: the only non-finite value left to refuse
-    require_finite(clamped, "probs contains NaN")
-    return -torch.log(clamped)
+    # min(-log p, -log clip) rather than -log(clamp(p, clip)): a clip below the
+    # dtype's range (1e-300 in float32) would round to 0 in the clamp and give
+    # inf; -log(clip) is a finite Python float for every positive clip.
+    energies = (-torch.log(probs.clamp(0.0, 1.0))).clamp(max=-math.log(clip))
+    require_finite(energies, "probs contains NaN")  # NaN stays NaN: the only non-finite value left
+    return energies
 
 
 def unary_from_labels(labels: Tensor, n_labels: int, gt_prob: float = 0.7, ignore_index: int | None = None) -> Tensor:

@@ -35,6 +35,7 @@ from wsss_ext.ops._checks import (
     check_tensor,
     cuda_stream,
     fast_custom_op,
+    require_all,
     require_finite,
     vmap_into_batch,
 )
@@ -141,6 +142,12 @@ def _check_image(image: object) -> Tensor:
     if image.shape[1] == 0:
         raise ValueError(f"image must have at least one channel, got shape {tuple(image.shape)}")
     require_finite(image, "image contains NaN or inf")
+    # The kernel takes differences of image values: they must not overflow the compute dtype.
+    limit = torch.finfo(_compute_dtype(image)).max / 2
+    if image.numel():
+        require_all(image, lambda i: i.abs().amax() <= limit,
+                    lambda: f"image values must be within +-{limit:.3g} (their differences must fit "
+                    f"{_compute_dtype(image)}); got max |image| = {float(image.abs().amax()):.3g}")
     return image
 
 
