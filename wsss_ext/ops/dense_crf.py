@@ -27,6 +27,8 @@ from torch import Tensor
 
 from wsss_ext import _C
 from wsss_ext.ops._checks import (
+    check_allocation,
+    check_iterations,
     check_int,
     check_real,
     check_tensor,
@@ -301,7 +303,7 @@ def dense_crf(
         )
     if n_labels < 1:
         raise ValueError(f"unary needs at least one label, got shape {tuple(unary.shape)}")
-    n_iters = check_int(n_iters, "n_iters", minimum=0)
+    n_iters = check_iterations(n_iters, "n_iters")
     gaussian_sxy = check_real(gaussian_sxy, "gaussian_sxy", positive=True)
     bilateral_sxy = check_real(bilateral_sxy, "bilateral_sxy", positive=True)
     bilateral_srgb = check_real(bilateral_srgb, "bilateral_srgb", positive=True)
@@ -390,6 +392,7 @@ def unary_from_labels(labels: Tensor, n_labels: int, gt_prob: float = 0.7, ignor
         raise ValueError(f"gt_prob must be in (0, 1), got {gt_prob}")
     if ignore_index is not None:
         ignore_index = check_int(ignore_index, "ignore_index")
+    check_allocation((*labels.shape, n_labels), torch.float32, labels.device, "n_labels")
     labels = labels.long()
     unsure = labels == ignore_index if ignore_index is not None else torch.zeros_like(labels, dtype=torch.bool)
     in_range = ((labels >= 0) & (labels < n_labels)) | unsure

@@ -25,6 +25,9 @@ from torch import Tensor
 
 from wsss_ext import _C
 from wsss_ext.ops._checks import (
+    check_allocation,
+    check_ints,
+    check_iterations,
     check_int,
     check_real,
     check_tensor,
@@ -360,7 +363,7 @@ def random_walk(x: Tensor, affinity: Tensor, beta: float = 8.0, n_steps: int = 2
     beta = check_real(beta, "beta")
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
-    n_steps = check_int(n_steps, "n_steps", minimum=0)
+    n_steps = check_iterations(n_steps, "n_steps")
     x = _check_map(x, "x", "B x C x H x W")
     affinity = _check_map(affinity, "affinity", "B x T x H x W")
     if x.device != affinity.device:
@@ -438,7 +441,8 @@ def walk_to_labels(scores: Tensor, size: tuple[int, int], bg_threshold: float | 
     .. C. Without it the argmax is over the given channels (AffinityNet,
     whose channel 0 is its background). Returns B x H x W int64 labels."""
     scores = _check_map(scores, "scores", "B x C x h x w")
-    size = tuple(check_int(s, "size[]", minimum=1) for s in size)
+    size = check_ints(size, "size", length=2, minimum=1)
+    check_allocation((*scores.shape[:2], *size), torch.float32, scores.device, "size")
     upsampled = F.interpolate(scores.float(), size=size, mode="bilinear", align_corners=False)
     if bg_threshold is None:
         return upsampled.argmax(1)
