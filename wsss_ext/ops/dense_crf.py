@@ -352,15 +352,16 @@ def unary_from_probs(probs: Tensor, clip: float = 1e-5) -> Tensor:
         Energies of the same shape and dtype.
     """
     check_tensor(probs, "probs", dtypes=_UNARY_DTYPES)
+    if probs.dim() not in (3, 4):
+        raise ValueError(f"probs must be L x H x W or B x L x H x W, got shape {tuple(probs.shape)}")
     clip = check_real(clip, "clip", positive=True)
     if clip > 1:
         raise ValueError(f"clip must be in (0, 1], got {clip}")
     # min(-log p, -log clip) rather than -log(clamp(p, clip)): a clip below the
     # dtype's range (1e-300 in float32) would round to 0 in the clamp and give
     # inf; -log(clip) is a finite Python float for every positive clip.
-    energies = (-torch.log(probs.clamp(0.0, 1.0))).clamp(max=-math.log(clip))
-    require_finite(energies, "probs contains NaN")  # NaN stays NaN: the only non-finite value left
-    return energies
+    require_finite(probs, "probs contains NaN or inf")
+    return (-torch.log(probs.clamp(0.0, 1.0))).clamp(max=-math.log(clip))
 
 
 def unary_from_labels(labels: Tensor, n_labels: int, gt_prob: float = 0.7, ignore_index: int | None = None) -> Tensor:

@@ -301,11 +301,13 @@ def _check_conv(x: Tensor, weight: object, bias: object) -> tuple[Tensor, Tensor
     _check_kernel_size(weight.shape[-1])
     if weight.device != x.device:
         raise ValueError(f"weight is on {weight.device} but x is on {x.device}")
+    require_finite(weight, "weight contains NaN or inf")
     if bias is not None:
         bias = check_tensor(bias, "bias", ndim=1, dtypes=_FLOAT_DTYPES)
         if bias.shape[0] != weight.shape[0] or bias.device != x.device:
             raise ValueError(f"bias must have {weight.shape[0]} values on {x.device}, got {tuple(bias.shape)} on "
                              f"{bias.device}")
+        require_finite(bias, "bias contains NaN or inf")
     return weight, bias
 
 
