@@ -9,6 +9,8 @@ Each case is one call and its expectation:
   absurd value); a TypeError or ValueError whose message names that argument.
 - ``lowlevel``: the compiled kernels on numpy arrays, valid (against the same
   kernel through torch) and spoiled (NULL pointer, aliasing, dtype, read-only).
+- ``empty``: one dimension of one input set to 0: a defined result or a
+  named error.
 - ``module``: the wsss_ext.nn forms against their functions.
 """
 
@@ -333,6 +335,27 @@ def _bad_tensor_case(name, seed, arg, kind):
     return run
 
 
+def _empty_case(name, seed, arg, dim):
+    """One dimension of one input set to 0: a defined (empty or finite) result,
+    or a TypeError / ValueError naming an input; nothing from deep inside."""
+
+    def run():
+        tensors, scalars, call, _ = OPS[name](Draw(seed))
+        spoiled = tensors[arg].narrow(dim, 0, 0)
+        try:
+            out = call(dict(tensors, **{arg: spoiled}), scalars)
+        except (TypeError, ValueError) as error:
+            named = any(n in str(error) for n in tensors)
+            return (OK, "") if named else ("unnamed", f"{type(error).__name__}: {str(error)[:200]}")
+        except Exception as error:  # noqa: BLE001
+            return "wrong_error", f"{type(error).__name__}: {str(error)[:200]}"
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and not bool(torch.isfinite(out).all()):
+            return NAN, "non-finite values in the result of an empty input"
+        return OK, ""
+
+    return run
+
+
 def _bad_scalar_case(name, seed, arg, value):
     def run():
         tensors, scalars, call, _ = OPS[name](Draw(seed))
@@ -476,6 +499,9 @@ def make_cases(seed: int = 0, per_op: int = 30) -> list[Case]:
                     continue  # a narrower input that no other input constrains is just another valid input
                 cases.append(Case(f"bad/{name}/{arg}/{kind}", f"bad:{kind}",
                                   _bad_tensor_case(name, probe_seed, arg, kind)))
+        for arg, value in tensors.items():
+            for dim in range(value.dim()):
+                cases.append(Case(f"empty/{name}/{arg}/{dim}", "empty", _empty_case(name, probe_seed, arg, dim)))
         for arg, kind in SCALARS[name].items():
             for label, bad in _BAD_SCALARS[kind]:
                 cases.append(Case(f"bad/{name}/{arg}/{label}", f"bad:scalar-{label}",
