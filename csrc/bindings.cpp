@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <limits>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -59,6 +60,9 @@ DType dtype_from_typestr(const std::string& typestr, const char* arg) {
 }
 
 ArrayView view_from_torch(py::handle tensor, const char* arg) {
+  const std::string layout = py::str(tensor.attr("layout"));
+  if (layout != "torch.strided")
+    type_error(std::string(arg) + ": expected a dense (strided) tensor, got layout " + layout);
   ArrayView view;
   view.dtype = dtype_from_torch(py::str(tensor.attr("dtype")), arg);
   const py::object device = tensor.attr("device");
@@ -72,29 +76,57 @@ ArrayView view_from_torch(py::handle tensor, const char* arg) {
   view.data = reinterpret_cast<void*>(tensor.attr("data_ptr")().cast<uintptr_t>());
   view.shape = tensor.attr("shape").cast<std::vector<int64_t>>();
   view.strides = tensor.attr("stride")().cast<std::vector<int64_t>>();
+  wsss::check_view(view, arg);
   return view;
 }
 
+// The sizes or strides of an array interface: a sequence of integers that fit int64.
+std::vector<int64_t> int64_list(py::handle values, const char* arg, const char* what) {
+  try {
+    return values.cast<std::vector<int64_t>>();
+  } catch (const py::cast_error&) {
+    type_error(std::string(arg) + ": the array interface's " + what + " must be a tuple of integers within int64, got " +
+               std::string(py::repr(values)));
+  }
+}
+
 ArrayView view_from_interface(const py::dict& interface, DeviceType device, const char* arg) {
+  for (const char* key : {"typestr", "data", "shape"})
+    if (!interface.contains(key))
+      type_error(std::string(arg) + ": the array interface has no '" + key + "' entry");
   ArrayView view;
   view.device = device;
-  view.dtype = dtype_from_typestr(interface["typestr"].cast<std::string>(), arg);
-  const auto data = interface["data"].cast<py::tuple>();
-  view.data = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
-  view.readonly = data[1].cast<bool>();
-  view.shape = interface["shape"].cast<std::vector<int64_t>>();
+  view.dtype = dtype_from_typestr(py::str(interface["typestr"]), arg);
+  const py::object data = interface["data"];
+  if (!py::isinstance<py::tuple>(data) || py::len(data) != 2)
+    type_error(std::string(arg) + ": the array interface's 'data' must be a (pointer, read-only) tuple, got " +
+               std::string(py::repr(data)));
+  const py::tuple pointer = data.cast<py::tuple>();
+  try {
+    view.data = reinterpret_cast<void*>(pointer[0].cast<uintptr_t>());
+  } catch (const py::cast_error&) {
+    type_error(std::string(arg) + ": the array interface's data pointer must be a non-negative integer, got " +
+               std::string(py::repr(pointer[0])));
+  }
+  view.readonly = py::bool_(pointer[1]);
+  view.shape = int64_list(interface["shape"], arg, "shape");
   const int64_t itemsize = wsss::dtype_size(view.dtype);
   if (!interface.contains("strides") || interface["strides"].is_none()) {
+    // Row-major strides, saturated at int64's max (check_view then reports the size).
     view.strides.assign(view.shape.size(), 1);
-    for (int d = static_cast<int>(view.shape.size()) - 2; d >= 0; --d)
-      view.strides[d] = view.strides[d + 1] * view.shape[d + 1];
+    constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+    for (int d = static_cast<int>(view.shape.size()) - 2; d >= 0; --d) {
+      const int64_t size = view.shape[d + 1] > 0 ? view.shape[d + 1] : 1;
+      view.strides[d] = view.strides[d + 1] > kMax / size ? kMax : view.strides[d + 1] * size;
+    }
   } else {
-    for (int64_t byte_stride : interface["strides"].cast<std::vector<int64_t>>()) {
+    for (int64_t byte_stride : int64_list(interface["strides"], arg, "strides")) {
       if (byte_stride % itemsize != 0)
         throw std::invalid_argument(std::string(arg) + ": strides must be multiples of the item size");
       view.strides.push_back(byte_stride / itemsize);
     }
   }
+  wsss::check_view(view, arg);
   if (device == DeviceType::kCUDA && view.data != nullptr)
     view.device_index = wsss::cuda_pointer_device(reinterpret_cast<uintptr_t>(view.data));
   return view;
@@ -111,6 +143,77 @@ ArrayView to_view(py::handle obj, const char* arg) {
     return view_from_interface(obj.attr("__array_interface__"), DeviceType::kCPU, arg);
   type_error(std::string(arg) + ": expected a torch tensor, numpy array or cupy array, got " +
              std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+}
+
+// Scalar arguments arrive as Python objects and are converted here, so that a
+// wrong type or an out-of-range value (2**31 for an int, 2**70, a str) is a
+// TypeError / ValueError naming the argument, not pybind's "incompatible
+// function arguments" listing the whole signature.
+std::string type_name(py::handle value) { return py::str(py::type::handle_of(value).attr("__name__")); }
+
+bool is_integer(py::handle value) {
+  return !py::isinstance<py::bool_>(value) && (py::isinstance<py::int_>(value) || py::hasattr(value, "__index__")) &&
+         !py::isinstance<py::float_>(value);
+}
+
+int64_t int_arg(py::handle value, const char* name, int64_t lo = std::numeric_limits<int64_t>::min(),
+                int64_t hi = std::numeric_limits<int64_t>::max()) {
+  if (!is_integer(value)) type_error(std::string(name) + " must be an int, got " + type_name(value));
+  const py::int_ number = py::reinterpret_steal<py::int_>(PyNumber_Index(value.ptr()));
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(number.ptr(), &overflow);
+  if (overflow != 0 || v < lo || v > hi)
+    throw std::invalid_argument(wsss::concat(name, " must be in [", lo, ", ", hi, "], got ",
+                                             std::string(py::str(number))));
+  return v;
+}
+
+uint64_t uint64_arg(py::handle value, const char* name) {
+  if (!is_integer(value)) type_error(std::string(name) + " must be an int, got " + type_name(value));
+  const py::int_ number = py::reinterpret_steal<py::int_>(PyNumber_Index(value.ptr()));
+  const unsigned long long v = PyLong_AsUnsignedLongLong(number.ptr());
+  if (PyErr_Occurred()) {
+    PyErr_Clear();
+    throw std::invalid_argument(wsss::concat(name, " must be in [0, 2**64), got ", std::string(py::str(number))));
+  }
+  return v;
+}
+
+int int32_arg(py::handle value, const char* name) {
+  return static_cast<int>(int_arg(value, name, std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max()));
+}
+
+uintptr_t stream_arg(py::handle value) { return static_cast<uintptr_t>(uint64_arg(value, "stream")); }
+
+double real_arg(py::handle value, const char* name) {
+  if (py::isinstance<py::bool_>(value) || !(py::isinstance<py::float_>(value) || is_integer(value) ||
+                                            py::hasattr(value, "__float__")))
+    type_error(std::string(name) + " must be a real number, got " + type_name(value));
+  const double v = PyFloat_AsDouble(value.ptr());
+  if (PyErr_Occurred()) {
+    PyErr_Clear();
+    throw std::invalid_argument(std::string(name) + " does not fit a float64: " + std::string(py::repr(value)));
+  }
+  return v;
+}
+
+bool bool_arg(py::handle value, const char* name) {
+  if (!py::isinstance<py::bool_>(value) && type_name(value) != "bool_")
+    type_error(std::string(name) + " must be a bool, got " + type_name(value));
+  return py::cast<bool>(value);
+}
+
+std::vector<int64_t> int_list_arg(py::handle value, const char* name) {
+  if (py::isinstance<py::str>(value) || !py::isinstance<py::sequence>(value))
+    type_error(std::string(name) + " must be a sequence of ints, got " + type_name(value));
+  std::vector<int64_t> out;
+  for (py::handle item : value.cast<py::sequence>()) out.push_back(int_arg(item, name));
+  return out;
+}
+
+std::string str_arg(py::handle value, const char* name) {
+  if (!py::isinstance<py::str>(value)) type_error(std::string(name) + " must be a str, got " + type_name(value));
+  return value.cast<std::string>();
 }
 
 // A lattice travels from Python as a dict of its buffers (ops/dense_crf.py
@@ -146,7 +249,17 @@ wsss::dense_crf::Lattice lattice_from_dict(const py::dict& buffers) {
 ArrayView optional_view(py::handle obj, const char* arg) { return obj.is_none() ? ArrayView{} : to_view(obj, arg); }
 
 // (kernel, patch, stride, padding, dilation, dilation_patch), each as (h, w).
-wsss::correlation::Geometry geometry_from(const std::array<std::array<int, 2>, 6>& sizes) {
+wsss::correlation::Geometry geometry_from(py::handle value) {
+  if (py::isinstance<py::str>(value) || !py::isinstance<py::sequence>(value) || py::len(value) != 6)
+    type_error("sizes must be 6 (h, w) pairs: kernel, patch, stride, padding, dilation, dilation_patch");
+  static const char* kNames[6] = {"kernel_size", "patch_size", "stride", "padding", "dilation", "dilation_patch"};
+  std::array<std::array<int, 2>, 6> sizes{};
+  const py::sequence pairs = value.cast<py::sequence>();
+  for (int i = 0; i < 6; ++i) {
+    const std::vector<int64_t> pair = int_list_arg(pairs[i], kNames[i]);
+    if (pair.size() != 2) type_error(std::string(kNames[i]) + " must be an (h, w) pair");
+    for (int j = 0; j < 2; ++j) sizes[i][j] = int32_arg(py::int_(pair[j]), kNames[i]);
+  }
   wsss::correlation::Geometry g;
   g.kernel_h = sizes[0][0];
   g.kernel_w = sizes[0][1];
@@ -163,12 +276,14 @@ wsss::correlation::Geometry geometry_from(const std::array<std::array<int, 2>, 6
   return g;
 }
 
-wsss::propagation::Problem problem_from(int radius, double inv_temperature, int topk, const std::string& border) {
+wsss::propagation::Problem problem_from(py::handle radius, py::handle inv_temperature, py::handle topk,
+                                        py::handle border_value) {
   using wsss::propagation::Border;
   wsss::propagation::Problem problem;
-  problem.radius = radius;
-  problem.inv_temperature = inv_temperature;
-  problem.topk = topk;
+  problem.radius = int32_arg(radius, "radius");
+  problem.inv_temperature = real_arg(inv_temperature, "inv_temperature");
+  problem.topk = int32_arg(topk, "topk");
+  const std::string border = str_arg(border_value, "border");
   WSSS_CHECK(border == "zero" || border == "exclude", "border must be 'zero' or 'exclude', got '", border, "'");
   problem.border = border == "zero" ? Border::kZero : Border::kExclude;
   return problem;
@@ -219,7 +334,14 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "philox4x32_10",
-      [](std::array<uint32_t, 4> counter, std::array<uint32_t, 2> key) {
+      [](py::handle counter_value, py::handle key_value) {
+        std::array<uint32_t, 4> counter{};
+        std::array<uint32_t, 2> key{};
+        const std::vector<int64_t> c = int_list_arg(counter_value, "counter"), k = int_list_arg(key_value, "key");
+        WSSS_CHECK(c.size() == 4 && k.size() == 2, "counter must hold 4 words and key 2, got ", c.size(), " and ",
+                   k.size());
+        for (int i = 0; i < 4; ++i) counter[i] = static_cast<uint32_t>(int_arg(py::int_(c[i]), "counter", 0, UINT32_MAX));
+        for (int i = 0; i < 2; ++i) key[i] = static_cast<uint32_t>(int_arg(py::int_(k[i]), "key", 0, UINT32_MAX));
         const wsss::Philox4x32 out =
             wsss::philox4x32_10(wsss::Philox4x32{{counter[0], counter[1], counter[2], counter[3]}}, key[0], key[1]);
         return std::array<uint32_t, 4>{out.v[0], out.v[1], out.v[2], out.v[3]};
@@ -227,20 +349,26 @@ PYBIND11_MODULE(_C, m) {
       py::arg("counter"), py::arg("key"),
       "The counter-based generator every random kernel draws from: four 32-bit words for (counter, key).");
 
-  m.def("sinkhorn_num_chunks", &wsss::sinkhorn::num_chunks, py::arg("n_samples"), py::arg("cuda"),
+  m.def(
+      "sinkhorn_num_chunks",
+      [](py::handle n_samples, py::handle cuda) {
+        return wsss::sinkhorn::num_chunks(int_arg(n_samples, "n_samples", 0), bool_arg(cuda, "cuda"));
+      },
+      py::arg("n_samples"), py::arg("cuda"),
         "Rows of the [2, chunks, K] workspace sinkhorn_step needs.");
 
   m.def(
       "sinkhorn_step",
       [](py::handle scores, py::handle f, py::handle g, py::handle partials, py::handle col_max,
-         py::handle col_sumexp, double inv_eps, double log_n, bool update_g, uintptr_t stream) {
-        const wsss::sinkhorn::StepArgs args{to_view(scores, "scores"),     to_view(f, "f"),
-                                            to_view(g, "g"),               to_view(partials, "partials"),
-                                            to_view(col_max, "col_max"),   to_view(col_sumexp, "col_sumexp"),
-                                            inv_eps,                       log_n,
-                                            update_g};
+         py::handle col_sumexp, py::handle inv_eps, py::handle log_n, py::handle update_g, py::handle stream) {
+        const wsss::sinkhorn::StepArgs args{to_view(scores, "scores"),        to_view(f, "f"),
+                                            to_view(g, "g"),                  to_view(partials, "partials"),
+                                            to_view(col_max, "col_max"),      to_view(col_sumexp, "col_sumexp"),
+                                            real_arg(inv_eps, "inv_eps"),     real_arg(log_n, "log_n"),
+                                            bool_arg(update_g, "update_g")};
+        const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
-        wsss::sinkhorn::step(args, stream);
+        wsss::sinkhorn::step(args, s);
       },
       py::arg("scores"), py::arg("f"), py::arg("g"), py::arg("partials"), py::arg("col_max"), py::arg("col_sumexp"),
       py::arg("inv_eps"), py::arg("log_n"), py::arg("update_g"), py::arg("stream") = 0,
@@ -249,50 +377,65 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "sinkhorn_codes",
-      [](py::handle scores, py::handle f, py::handle codes, double inv_eps, uintptr_t stream) {
+      [](py::handle scores, py::handle f, py::handle codes, py::handle inv_eps, py::handle stream) {
         const wsss::sinkhorn::CodesArgs args{to_view(scores, "scores"), to_view(f, "f"), to_view(codes, "codes"),
-                                             inv_eps};
+                                             real_arg(inv_eps, "inv_eps")};
+        const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
-        wsss::sinkhorn::codes(args, stream);
+        wsss::sinkhorn::codes(args, s);
       },
       py::arg("scores"), py::arg("f"), py::arg("codes"), py::arg("inv_eps"), py::arg("stream") = 0,
       "codes[i, k] = softmax_k(scores[i, k] / eps + f[k]).");
 
   m.def(
       "dense_crf_build_vertices",
-      [](py::dict lattice, py::handle image, double sxy, double srgb, uintptr_t stream) {
+      [](py::dict lattice, py::handle image, py::handle sxy, py::handle srgb, py::handle stream) {
         auto lat = lattice_from_dict(lattice);
         const ArrayView image_view = to_view(image, "image");
+        const double sxy_value = real_arg(sxy, "sxy"), srgb_value = real_arg(srgb, "srgb");
+        const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
-        return wsss::dense_crf::build_vertices(lat, image_view, sxy, srgb, stream);
+        return wsss::dense_crf::build_vertices(lat, image_view, sxy_value, srgb_value, s);
       },
       py::arg("lattice"), py::arg("image"), py::arg("sxy"), py::arg("srgb"), py::arg("stream") = 0,
       "Embeds every pixel of image [B, 3, H, W] uint8 in the lattice (dims 2: x, y over sxy; 5: also r, g, b "
       "over srgb), merges equal corners and returns the vertex count M (synchronises the stream on CUDA).");
 
-  m.def("dense_crf_scratch_bytes", &wsss::dense_crf::scratch_bytes, py::arg("vertices"), py::arg("entries"),
+  m.def(
+      "dense_crf_scratch_bytes",
+      [](py::handle vertices, py::handle entries, py::handle cuda) {
+        return wsss::dense_crf::scratch_bytes(int_arg(vertices, "vertices", 0), int_arg(entries, "entries", 0),
+                                              bool_arg(cuda, "cuda"));
+      },
+      py::arg("vertices"), py::arg("entries"),
         py::arg("cuda"), "Bytes of the lattice's `scratch` buffer dense_crf_link needs.");
 
   m.def(
       "dense_crf_link",
-      [](py::dict lattice, int64_t vertices, py::handle values_a, py::handle values_b, uintptr_t stream) {
+      [](py::dict lattice, py::handle vertices, py::handle values_a, py::handle values_b, py::handle stream) {
         const auto lat = lattice_from_dict(lattice);
         const ArrayView a = to_view(values_a, "values_a"), b = to_view(values_b, "values_b");
+        const int64_t m = int_arg(vertices, "vertices");
+        const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
-        wsss::dense_crf::link(lat, vertices, a, b, stream);
+        wsss::dense_crf::link(lat, m, a, b, s);
       },
       py::arg("lattice"), py::arg("vertices"), py::arg("values_a"), py::arg("values_b"), py::arg("stream") = 0,
       "Blur neighbours, splat lists and the symmetric normalisation of a built lattice.");
 
   m.def(
       "dense_crf_filter",
-      [](py::dict lattice, int64_t vertices, py::handle q, py::handle out, double coefficient, bool accumulate,
-         py::handle values_a, py::handle values_b, uintptr_t stream) {
+      [](py::dict lattice, py::handle vertices, py::handle q, py::handle out, py::handle coefficient,
+         py::handle accumulate, py::handle values_a, py::handle values_b, py::handle stream) {
         const auto lat = lattice_from_dict(lattice);
         const ArrayView q_view = to_view(q, "q"), out_view = to_view(out, "out");
         const ArrayView a = to_view(values_a, "values_a"), b = to_view(values_b, "values_b");
+        const int64_t m = int_arg(vertices, "vertices");
+        const double c = real_arg(coefficient, "coefficient");
+        const bool add = bool_arg(accumulate, "accumulate");
+        const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
-        wsss::dense_crf::filter(lat, vertices, q_view, out_view, coefficient, accumulate, a, b, stream);
+        wsss::dense_crf::filter(lat, m, q_view, out_view, c, add, a, b, s);
       },
       py::arg("lattice"), py::arg("vertices"), py::arg("q"), py::arg("out"), py::arg("coefficient"),
       py::arg("accumulate"), py::arg("values_a"), py::arg("values_b"), py::arg("stream") = 0,
@@ -300,11 +443,12 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "dense_crf_softmax",
-      [](py::handle unary, py::handle pairwise, py::handle q, py::handle q_out, uintptr_t stream) {
+      [](py::handle unary, py::handle pairwise, py::handle q, py::handle q_out, py::handle stream) {
         const ArrayView u = to_view(unary, "unary"), pw = optional_view(pairwise, "pairwise");
         const ArrayView q_view = to_view(q, "q"), out = optional_view(q_out, "q_out");
+        const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
-        wsss::dense_crf::softmax(u, pw, q_view, out, stream);
+        wsss::dense_crf::softmax(u, pw, q_view, out, s);
       },
       py::arg("unary"), py::arg("pairwise"), py::arg("q"), py::arg("q_out"), py::arg("stream") = 0,
       "q = softmax(-unary + pairwise) per pixel (pairwise None: softmax(-unary)); unary [B, L, H, W]; q and "
@@ -313,7 +457,10 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "dense_crf_workspace_bytes",
-      [](int64_t pixels, int64_t n_labels, const std::vector<int>& dims) {
+      [](py::handle pixels_value, py::handle n_labels_value, py::handle dims_value) {
+        const int64_t pixels = int_arg(pixels_value, "pixels", 0), n_labels = int_arg(n_labels_value, "n_labels", 0);
+        std::vector<int> dims;
+        for (int64_t d : int_list_arg(dims_value, "dims")) dims.push_back(static_cast<int>(int_arg(py::int_(d), "dims", 0, 8)));
         WSSS_CHECK(dims.size() <= static_cast<size_t>(wsss::dense_crf::kMaxKernels), "at most ",
                    wsss::dense_crf::kMaxKernels, " kernels, got ", dims.size());
         return wsss::dense_crf::mean_field_workspace_bytes(pixels, n_labels, dims.data(),
@@ -324,23 +471,33 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "dense_crf_mean_field",
-      [](py::handle unary, py::handle image, py::handle out, py::handle workspace, int n_iters,
-         const std::vector<std::tuple<int, double, double, double>>& kernels, double identity_weight) {
+      [](py::handle unary, py::handle image, py::handle out, py::handle workspace, py::handle n_iters,
+         py::handle kernels, py::handle identity_weight) {
         using wsss::dense_crf::kMaxKernels;
-        WSSS_CHECK(kernels.size() <= static_cast<size_t>(kMaxKernels), "at most ", kMaxKernels, " kernels, got ",
-                   kernels.size());
+        if (py::isinstance<py::str>(kernels) || !py::isinstance<py::sequence>(kernels))
+          type_error("kernels must be a sequence of (dims, sxy, srgb, weight) tuples, got " + type_name(kernels));
+        const py::sequence kernel_list = kernels.cast<py::sequence>();
+        WSSS_CHECK(py::len(kernel_list) <= static_cast<size_t>(kMaxKernels), "at most ", kMaxKernels,
+                   " kernels, got ", py::len(kernel_list));
         wsss::dense_crf::MeanFieldArgs args;
         args.unary = to_view(unary, "unary");
         args.image = to_view(image, "image");
         args.out = to_view(out, "out");
         args.workspace = to_view(workspace, "workspace");
-        args.n_iters = n_iters;
-        args.n_kernels = static_cast<int>(kernels.size());
-        for (size_t k = 0; k < kernels.size(); ++k) {
+        args.n_iters = int32_arg(n_iters, "n_iters");
+        args.n_kernels = static_cast<int>(py::len(kernel_list));
+        for (int k = 0; k < args.n_kernels; ++k) {
+          const py::handle item = kernel_list[k];
+          if (!py::isinstance<py::sequence>(item) || py::len(item) != 4)
+            type_error("kernels[] must be (dims, sxy, srgb, weight) tuples");
+          const py::sequence fields = item.cast<py::sequence>();
           auto& kernel = args.kernels[k];
-          std::tie(kernel.dims, kernel.sxy, kernel.srgb, kernel.weight) = kernels[k];
+          kernel.dims = int32_arg(fields[0], "kernels[].dims");
+          kernel.sxy = real_arg(fields[1], "kernels[].sxy");
+          kernel.srgb = real_arg(fields[2], "kernels[].srgb");
+          kernel.weight = real_arg(fields[3], "kernels[].weight");
         }
-        args.identity_weight = identity_weight;
+        args.identity_weight = real_arg(identity_weight, "identity_weight");
         py::gil_scoped_release no_gil;
         wsss::dense_crf::mean_field(args);
       },
@@ -354,11 +511,13 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "pamr_affinity",
-      [](py::handle image, py::handle weights, std::vector<int64_t> dilations, double sigma, uintptr_t stream) {
+      [](py::handle image, py::handle weights, py::handle dilations, py::handle sigma, py::handle stream) {
         const wsss::pamr::AffinityArgs args{to_view(image, "image"), to_view(weights, "weights"),
-                                            wsss::pamr::make_dilations(dilations), sigma};
+                                            wsss::pamr::make_dilations(int_list_arg(dilations, "dilations")),
+                                            real_arg(sigma, "sigma")};
+        const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
-        wsss::pamr::affinity(args, stream);
+        wsss::pamr::affinity(args, s);
       },
       py::arg("image"), py::arg("weights"), py::arg("dilations"), py::arg("sigma"), py::arg("stream") = 0,
       "PAMR affinities of image [B, Ci, H, W] to the 8 neighbours of every dilation (replicate padding), "
@@ -367,12 +526,14 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "pamr_propagate",
-      [](py::handle weights, py::handle mask, py::handle out, std::vector<int64_t> dilations, bool transpose,
-         uintptr_t stream) {
+      [](py::handle weights, py::handle mask, py::handle out, py::handle dilations, py::handle transpose,
+         py::handle stream) {
         const wsss::pamr::PropagateArgs args{to_view(weights, "weights"), to_view(mask, "mask"), to_view(out, "out"),
-                                             wsss::pamr::make_dilations(dilations), transpose};
+                                             wsss::pamr::make_dilations(int_list_arg(dilations, "dilations")),
+                                             bool_arg(transpose, "transpose")};
+        const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
-        wsss::pamr::propagate(args, stream);
+        wsss::pamr::propagate(args, s);
       },
       py::arg("weights"), py::arg("mask"), py::arg("out"), py::arg("dilations"), py::arg("transpose") = false,
       py::arg("stream") = 0,
@@ -381,12 +542,14 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "random_walk_step",
-      [](py::handle weights, py::handle offsets, py::handle x, py::handle y, bool transpose, int halo,
-         uintptr_t stream) {
+      [](py::handle weights, py::handle offsets, py::handle x, py::handle y, py::handle transpose, py::handle halo,
+         py::handle stream) {
         const wsss::random_walk::StepArgs args{to_view(weights, "weights"), to_view(offsets, "offsets"),
-                                               to_view(x, "x"), to_view(y, "y"), transpose, halo};
+                                               to_view(x, "x"),           to_view(y, "y"),
+                                               bool_arg(transpose, "transpose"), int32_arg(halo, "halo")};
+        const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
-        wsss::random_walk::step(args, stream);
+        wsss::random_walk::step(args, s);
       },
       py::arg("weights"), py::arg("offsets"), py::arg("x"), py::arg("y"), py::arg("transpose") = false,
       py::arg("halo") = 0, py::arg("stream") = 0,
@@ -396,22 +559,28 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "random_walk_weight_grad",
-      [](py::handle grad_y, py::handle x, py::handle offsets, py::handle grad_weights, uintptr_t stream) {
+      [](py::handle grad_y, py::handle x, py::handle offsets, py::handle grad_weights, py::handle stream) {
         const wsss::random_walk::WeightGradArgs args{to_view(grad_y, "grad_y"), to_view(x, "x"),
                                                      to_view(offsets, "offsets"), to_view(grad_weights, "grad_weights")};
+        const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
-        wsss::random_walk::weight_grad(args, stream);
+        wsss::random_walk::weight_grad(args, s);
       },
       py::arg("grad_y"), py::arg("x"), py::arg("offsets"), py::arg("grad_weights"), py::arg("stream") = 0,
       "grad_weights[b, t, p] += sum_c grad_y[b, c, p] * x[b, c, p + offsets[t]]: the weight gradient of one step.");
 
   m.def(
       "fickle_mask_bits",
-      [](py::handle bits, uint64_t seed, int kernel_size, uint32_t drop_threshold, int64_t first_row,
-         uintptr_t stream) {
-        const wsss::fickle::BitsArgs args{to_view(bits, "bits"), {seed, kernel_size, drop_threshold, 1.0f}, first_row};
+      [](py::handle bits, py::handle seed, py::handle kernel_size, py::handle drop_threshold, py::handle first_row,
+         py::handle stream) {
+        const wsss::fickle::BitsArgs args{
+            to_view(bits, "bits"),
+            {uint64_arg(seed, "seed"), int32_arg(kernel_size, "kernel_size"),
+             static_cast<uint32_t>(int_arg(drop_threshold, "drop_threshold", 0, UINT32_MAX)), 1.0f},
+            int_arg(first_row, "first_row")};
+        const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
-        wsss::fickle::mask_bits(args, stream);
+        wsss::fickle::mask_bits(args, s);
       },
       py::arg("bits"), py::arg("seed"), py::arg("kernel_size"), py::arg("drop_threshold"), py::arg("first_row") = 0,
       py::arg("stream") = 0,
@@ -421,12 +590,18 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "fickle_masked_tap",
-      [](py::handle input, py::handle output, py::handle bits, int kernel_size, double keep_scale, int tap,
-         bool transpose, uintptr_t stream) {
-        const wsss::fickle::TapArgs args{to_view(input, "input"), to_view(output, "output"), to_view(bits, "bits"),
-                                         kernel_size,            static_cast<float>(keep_scale), tap, transpose};
+      [](py::handle input, py::handle output, py::handle bits, py::handle kernel_size, py::handle keep_scale,
+         py::handle tap, py::handle transpose, py::handle stream) {
+        const wsss::fickle::TapArgs args{to_view(input, "input"),
+                                         to_view(output, "output"),
+                                         to_view(bits, "bits"),
+                                         int32_arg(kernel_size, "kernel_size"),
+                                         static_cast<float>(real_arg(keep_scale, "keep_scale")),
+                                         int32_arg(tap, "tap"),
+                                         bool_arg(transpose, "transpose")};
+        const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
-        wsss::fickle::masked_tap(args, stream);
+        wsss::fickle::masked_tap(args, s);
       },
       py::arg("input"), py::arg("output"), py::arg("bits"), py::arg("kernel_size"), py::arg("keep_scale"),
       py::arg("tap"), py::arg("transpose") = false, py::arg("stream") = 0,
@@ -436,11 +611,13 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "fickle_mask_counts",
-      [](py::handle bits, py::handle counts, int kernel_size, double keep_scale, uintptr_t stream) {
-        const wsss::fickle::CountArgs args{to_view(bits, "bits"), to_view(counts, "counts"), kernel_size,
-                                           static_cast<float>(keep_scale)};
+      [](py::handle bits, py::handle counts, py::handle kernel_size, py::handle keep_scale, py::handle stream) {
+        const wsss::fickle::CountArgs args{to_view(bits, "bits"), to_view(counts, "counts"),
+                                           int32_arg(kernel_size, "kernel_size"),
+                                           static_cast<float>(real_arg(keep_scale, "keep_scale"))};
+        const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
-        wsss::fickle::mask_counts(args, stream);
+        wsss::fickle::mask_counts(args, s);
       },
       py::arg("bits"), py::arg("counts"), py::arg("kernel_size"), py::arg("keep_scale"), py::arg("stream") = 0,
       "counts [R, C, k*k]: per row, channel and tap, the sum of the tap's multipliers over the positions whose "
@@ -448,11 +625,12 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "correlation_forward",
-      [](py::handle in1, py::handle in2, py::handle out, std::array<std::array<int, 2>, 6> sizes, uintptr_t stream) {
+      [](py::handle in1, py::handle in2, py::handle out, py::handle sizes, py::handle stream) {
         const wsss::correlation::ForwardArgs args{to_view(in1, "in1"), to_view(in2, "in2"), to_view(out, "out"),
                                                   geometry_from(sizes)};
+        const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
-        wsss::correlation::forward(args, stream);
+        wsss::correlation::forward(args, s);
       },
       py::arg("in1"), py::arg("in2"), py::arg("out"), py::arg("sizes"), py::arg("stream") = 0,
       "spatial-correlation-sampler's correlation of channels-last in1, in2 [B, H, W, C] into out [B, pH, pW, oH, "
@@ -461,12 +639,13 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "correlation_backward",
       [](py::handle in1, py::handle in2, py::handle grad, py::handle grad_in1, py::handle grad_in2,
-         std::array<std::array<int, 2>, 6> sizes, uintptr_t stream) {
+         py::handle sizes, py::handle stream) {
         const wsss::correlation::BackwardArgs args{to_view(in1, "in1"),         to_view(in2, "in2"),
                                                    to_view(grad, "grad"),       optional_view(grad_in1, "grad_in1"),
                                                    optional_view(grad_in2, "grad_in2"), geometry_from(sizes)};
+        const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
-        wsss::correlation::backward(args, stream);
+        wsss::correlation::backward(args, s);
       },
       py::arg("in1"), py::arg("in2"), py::arg("grad"), py::arg("grad_in1"), py::arg("grad_in2"), py::arg("sizes"),
       py::arg("stream") = 0,
@@ -476,13 +655,14 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "propagation_forward",
       [](py::handle query, py::handle keys, py::handle values, py::handle out, py::handle stats, py::handle topk_index,
-         int radius, double inv_temperature, int topk, const std::string& border, uintptr_t stream) {
+         py::handle radius, py::handle inv_temperature, py::handle topk, py::handle border, py::handle stream) {
         const wsss::propagation::ForwardArgs args{to_view(query, "query"),   to_view(keys, "keys"),
                                                   to_view(values, "values"), to_view(out, "out"),
                                                   to_view(stats, "stats"),   optional_view(topk_index, "topk_index"),
                                                   problem_from(radius, inv_temperature, topk, border)};
+        const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
-        wsss::propagation::forward(args, stream);
+        wsss::propagation::forward(args, s);
       },
       py::arg("query"), py::arg("keys"), py::arg("values"), py::arg("out"), py::arg("stats"), py::arg("topk_index"),
       py::arg("radius"), py::arg("inv_temperature"), py::arg("topk"), py::arg("border") = "zero",
@@ -496,8 +676,8 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "propagation_backward",
       [](py::handle query, py::handle keys, py::handle values, py::handle grad_out, py::handle stats, py::handle delta,
-         py::handle topk_index, py::handle grad_query, py::handle grad_keys, py::handle grad_values, int radius,
-         double inv_temperature, int topk, const std::string& border, uintptr_t stream) {
+         py::handle topk_index, py::handle grad_query, py::handle grad_keys, py::handle grad_values,
+         py::handle radius, py::handle inv_temperature, py::handle topk, py::handle border, py::handle stream) {
         const wsss::propagation::BackwardArgs args{
             to_view(query, "query"),           to_view(keys, "keys"),
             to_view(values, "values"),         to_view(grad_out, "grad_out"),
@@ -505,8 +685,9 @@ PYBIND11_MODULE(_C, m) {
             optional_view(topk_index, "topk_index"), to_view(grad_query, "grad_query"),
             to_view(grad_keys, "grad_keys"),   to_view(grad_values, "grad_values"),
             problem_from(radius, inv_temperature, topk, border)};
+        const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
-        wsss::propagation::backward(args, stream);
+        wsss::propagation::backward(args, s);
       },
       py::arg("query"), py::arg("keys"), py::arg("values"), py::arg("grad_out"), py::arg("stats"), py::arg("delta"),
       py::arg("topk_index"), py::arg("grad_query"), py::arg("grad_keys"), py::arg("grad_values"), py::arg("radius"),

@@ -1,6 +1,8 @@
 #include "common/array_view.h"
 
+#include <limits>
 #include <sstream>
+#include <utility>
 
 namespace wsss {
 
@@ -39,6 +41,7 @@ int64_t ArrayView::numel() const {
 }
 
 bool ArrayView::is_contiguous() const {
+  if (numel() == 0) return true;
   int64_t expected = 1;
   for (int d = ndim() - 1; d >= 0; --d) {
     if (shape[d] != 1 && strides[d] != expected) return false;
@@ -47,12 +50,72 @@ bool ArrayView::is_contiguous() const {
   return true;
 }
 
+namespace {
+
+// [first, last] byte addresses the view can touch; only for numel() > 0.
+std::pair<uintptr_t, uintptr_t> byte_extent(const ArrayView& v) {
+  const int64_t item = dtype_size(v.dtype);
+  int64_t low = 0, high = 0;  // element offsets of the extreme elements (check_view bounded them)
+  for (int d = 0; d < v.ndim(); ++d) {
+    const int64_t reach = (v.shape[d] - 1) * v.strides[d];
+    (reach < 0 ? low : high) += reach;
+  }
+  const uintptr_t base = reinterpret_cast<uintptr_t>(v.data);
+  return {base + static_cast<uintptr_t>(low * item), base + static_cast<uintptr_t>(high * item + item - 1)};
+}
+
+}  // namespace
+
+bool ArrayView::overlaps(const ArrayView& other) const {
+  if (data == nullptr || other.data == nullptr || numel() == 0 || other.numel() == 0) return false;
+  if (device != other.device || device_index != other.device_index) return false;
+  const auto [a0, a1] = byte_extent(*this);
+  const auto [b0, b1] = byte_extent(other);
+  return a0 <= b1 && b0 <= a1;
+}
+
 std::string ArrayView::describe() const {
   std::ostringstream out;
   out << dtype_name(dtype) << "[";
   for (int d = 0; d < ndim(); ++d) out << (d ? ", " : "") << shape[d];
   out << "] on " << (is_cuda() ? "cuda:" + std::to_string(device_index) : std::string("cpu"));
   return out.str();
+}
+
+void check_view(const ArrayView& v, const char* name) {
+  WSSS_CHECK(v.strides.size() == v.shape.size(), name, ": ", v.shape.size(), " sizes but ", v.strides.size(),
+             " strides");
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  const int64_t item = dtype_size(v.dtype);
+  int64_t elements = 1, reach = 0;
+  bool empty = false;
+  for (int d = 0; d < v.ndim(); ++d) {
+    WSSS_CHECK(v.shape[d] >= 0, name, ": sizes must be >= 0, got ", v.shape[d], " in dimension ", d);
+    empty = empty || v.shape[d] == 0;
+  }
+  if (empty) return;  // no memory is addressed
+  for (int d = 0; d < v.ndim(); ++d) {
+    WSSS_CHECK(elements <= kMax / v.shape[d], name, ": its sizes multiply past 2**63 elements");
+    elements *= v.shape[d];
+    const int64_t stride = v.strides[d] < 0 ? -v.strides[d] : v.strides[d];
+    WSSS_CHECK(v.strides[d] != std::numeric_limits<int64_t>::min() &&
+                   (v.shape[d] == 1 || stride <= (kMax / item - reach) / (v.shape[d] - 1)),
+               name, ": its strides reach past 2**63 bytes");
+    reach += (v.shape[d] - 1) * stride;
+  }
+  WSSS_CHECK(elements <= kMax / item, name, ": ", elements, " elements of ", item, " bytes exceed 2**63 bytes");
+  WSSS_CHECK(v.data != nullptr, name, ": the data pointer is NULL but the array has ", elements, " elements");
+}
+
+void check_disjoint(const std::vector<Named>& written, const std::vector<Named>& read) {
+  for (auto out = written.begin(); out != written.end(); ++out) {
+    for (auto other = out + 1; other != written.end(); ++other)
+      WSSS_CHECK(!out->view->overlaps(*other->view), out->name, " and ", other->name,
+                 " share memory: outputs must not overlap each other");
+    for (const Named& in : read)
+      WSSS_CHECK(!out->view->overlaps(*in.view), out->name, " shares memory with ", in.name,
+                 ": an output must not overlap the kernel's inputs (pass a separate buffer)");
+  }
 }
 
 void check_ndim(const ArrayView& v, int ndim, const char* name) {

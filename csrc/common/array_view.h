@@ -39,13 +39,23 @@ struct ArrayView {
 
   int ndim() const { return static_cast<int>(shape.size()); }
   int64_t numel() const;
+  // Row-major (dimensions of size 1 may have any stride). A view without
+  // elements is contiguous whatever its strides: it addresses no memory.
   bool is_contiguous() const;
+  // Whether the memory this view can address shares a byte with other's
+  // (false if either is empty or they are on different devices).
+  bool overlaps(const ArrayView& other) const;
   bool is_cuda() const { return device == DeviceType::kCUDA; }
   std::string describe() const;  // "float32[4, 3] on cpu"
 
   template <class T>
   T* as() const { return static_cast<T*>(data); }
 };
+
+// Checks the bindings run on every view they build from a Python object:
+// non-negative sizes whose element and byte counts fit int64, and a data
+// pointer that is not NULL when there are elements to read.
+void check_view(const ArrayView& v, const char* name);
 
 // Checks every kernel runs on its arguments before touching memory. They
 // throw std::invalid_argument naming the argument.
@@ -59,6 +69,17 @@ void check_same_device(const ArrayView& a, const char* a_name, const ArrayView& 
 // dtype and shape, contiguous, and writable if the kernel writes it.
 void check_buffer(const ArrayView& buffer, const char* name, DType dtype, std::initializer_list<int64_t> shape,
                   const ArrayView& like, const char* like_name, bool written);
+// A buffer and its name, for check_disjoint.
+struct Named {
+  Named(const ArrayView& v, const char* n) : view(&v), name(n) {}
+  const ArrayView* view;
+  const char* name;
+};
+// No buffer a kernel writes may share memory with another of its buffers
+// (read or written): kernels read inputs while writing outputs, so any
+// overlap, exact or partial, would give wrong results. Views without data
+// (absent optional buffers) are skipped.
+void check_disjoint(const std::vector<Named>& written, const std::vector<Named>& read);
 // For the CPU-only build, when `name` is a CUDA array.
 [[noreturn]] void throw_no_cuda(const char* name);
 

@@ -33,6 +33,7 @@ void forward(const ForwardArgs& args, uintptr_t stream) {
   check_geometry(g, height, width);
   check_buffer(args.out, "out", args.in1.dtype, {args.in1.shape[0], g.patch_h, g.patch_w, g.out_h(height), g.out_w(width)},
                args.in1, "in1", true);
+  check_disjoint({{args.out, "out"}}, {{args.in1, "in1"}, {args.in2, "in2"}});
   if (args.out.numel() == 0) return;
   WSSS_ROUTE(args.in1, "in1", stream, forward_cuda(args, stream), forward_cpu(args));
 }
@@ -48,6 +49,8 @@ void backward(const BackwardArgs& args, uintptr_t stream) {
     if (view->data != nullptr)
       check_buffer(*view, name, args.in1.dtype, {args.in1.shape[0], height, width, args.in1.shape[3]}, args.in1, "in1",
                    true);
+  check_disjoint({{args.grad_in1, "grad_in1"}, {args.grad_in2, "grad_in2"}},
+                 {{args.in1, "in1"}, {args.in2, "in2"}, {args.grad, "grad"}});
   if (args.in1.numel() == 0) return;
   WSSS_ROUTE(args.in1, "in1", stream, backward_cuda(args, stream), backward_cpu(args));
 }

@@ -3,8 +3,11 @@
 #include "dense_crf/dense_crf.h"
 #include "common/route.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
+#include <vector>
 
 namespace wsss::dense_crf {
 namespace {
@@ -71,6 +74,64 @@ void check_values(const ArrayView& values, const char* name, int64_t size, const
   check_min_size(values, size, name);
 }
 
+// Every buffer of a lattice, for the overlap checks (absent ones are skipped).
+std::vector<Named> lattice_buffers(const Lattice& lat) {
+  return {{lat.simplex, "simplex"},           {lat.weights, "weights"},           {lat.entry_rep, "entry_rep"},
+          {lat.entry_vertex, "entry_vertex"}, {lat.slots, "slots"},               {lat.vertex_entry, "vertex_entry"},
+          {lat.counter, "counter"},           {lat.neighbours, "neighbours"},     {lat.splat_start, "splat_start"},
+          {lat.splat_pixels, "splat_pixels"}, {lat.splat_weights, "splat_weights"}, {lat.norm, "norm"},
+          {lat.scratch, "scratch"}};
+}
+
+std::vector<Named> with(std::vector<Named> named, std::initializer_list<Named> more) {
+  named.insert(named.end(), more.begin(), more.end());
+  return named;
+}
+
+// The lattice's coordinates are int32: a pixel's features (position / sxy,
+// colour / srgb) lifted by the embedding must stay well inside that range, or
+// the rounding to lattice points overflows (a tiny sxy on a large image).
+void check_lattice_scale(int dims, double sxy, double srgb, int64_t height, int64_t width) {
+  const double d = dims;
+  // |elevated coordinate| <= (d + 1) * max feature * max embed, embed <= sqrt(2/3) (d + 1) / sqrt(2).
+  const double lift = (d + 1) * (d + 1) * std::sqrt(2.0 / 3.0) / std::sqrt(2.0);
+  const double position = static_cast<double>(std::max<int64_t>(height, width)) / sxy;
+  const double colour = dims == kBilateralDims ? 255.0 / srgb : 0.0;
+  const double reach = lift * std::max(position, colour);
+  constexpr double kLimit = 1 << 29;  // headroom for the + d neighbour steps and sums of coordinates
+  WSSS_CHECK(reach < kLimit, "sxy = ", sxy, dims == kBilateralDims ? concat(" and srgb = ", srgb) : std::string(),
+             " are too small for a ", height, "x", width,
+             " image: lattice coordinates would reach ", reach, ", past the int32 lattice (< 2**29); "
+             "use larger kernel widths");
+}
+
+// filter() follows the lattice's index buffers to read and write values:
+// on CPU arrays it first checks that each index is in range (a garbage
+// lattice would read and write out of bounds). The CUDA path trusts the
+// buffers link() wrote (a check would need a host synchronisation).
+void check_lattice_indices(const Lattice& lat, int64_t vertices) {
+  if (lat.weights.is_cuda()) return;
+  const int64_t entries = lat.entries(), pixels = lat.images * lat.pixels();
+  const int32_t* neighbours = lat.neighbours.as<const int32_t>();
+  for (int64_t i = 0; i < lat.neighbours.numel(); ++i)
+    WSSS_CHECK(neighbours[i] >= -1 && neighbours[i] < vertices, "neighbours holds ", neighbours[i], " at entry ", i,
+               ": entries must be vertex indices in [0, ", vertices, ") or -1");
+  const int32_t* start = lat.splat_start.as<const int32_t>();
+  WSSS_CHECK(start[0] == 0 && start[vertices] == entries, "splat_start must run from 0 to ", entries, ", got ",
+             start[0], " .. ", start[vertices]);
+  for (int64_t v = 0; v < vertices; ++v)
+    WSSS_CHECK(start[v] <= start[v + 1], "splat_start must be non-decreasing, got ", start[v], " then ",
+               start[v + 1], " at vertex ", v);
+  const int32_t* splat_pixels = lat.splat_pixels.as<const int32_t>();
+  const int32_t* entry_vertex = lat.entry_vertex.as<const int32_t>();
+  for (int64_t e = 0; e < entries; ++e) {
+    WSSS_CHECK(splat_pixels[e] >= 0 && splat_pixels[e] < pixels, "splat_pixels holds ", splat_pixels[e],
+               " at entry ", e, ": entries must be pixel indices in [0, ", pixels, ")");
+    WSSS_CHECK(entry_vertex[e] >= 0 && entry_vertex[e] < vertices, "entry_vertex holds ", entry_vertex[e],
+               " at entry ", e, ": entries must be vertex indices in [0, ", vertices, ")");
+  }
+}
+
 }  // namespace
 
 int64_t build_vertices(Lattice& lattice, const ArrayView& image, double sxy, double srgb, uintptr_t stream) {
@@ -85,6 +146,8 @@ int64_t build_vertices(Lattice& lattice, const ArrayView& image, double sxy, dou
   WSSS_CHECK(std::isfinite(sxy) && sxy > 0, "sxy must be finite and > 0, got ", sxy);
   WSSS_CHECK(lattice.dims == kGaussianDims || (std::isfinite(srgb) && srgb > 0), "srgb must be finite and > 0, got ",
              srgb);
+  check_lattice_scale(lattice.dims, sxy, srgb, lattice.height, lattice.width);
+  check_disjoint(lattice_buffers(lattice), {{image, "image"}});
   // Returns a value, so routed by hand.
   if (image.is_cuda()) {
 #if defined(WSSS_WITH_CUDA)
@@ -115,6 +178,7 @@ void link(const Lattice& lattice, int64_t vertices, const ArrayView& values_a, c
   check_min_size(lattice.scratch, scratch_bytes(vertices, lattice.entries(), lattice.weights.is_cuda()), "scratch");
   check_values(values_a, "values_a", vertices, lattice.weights);
   check_values(values_b, "values_b", vertices, lattice.weights);
+  check_disjoint(with(lattice_buffers(lattice), {{values_a, "values_a"}, {values_b, "values_b"}}), {});
   float *a = values_a.as<float>(), *b = values_b.as<float>();
   WSSS_ROUTE(lattice.weights, "weights", stream, link_cuda(lattice, vertices, a, b, stream),
              link_cpu(lattice, vertices, a, b));
@@ -133,6 +197,9 @@ void filter(const Lattice& lattice, int64_t vertices, const ArrayView& q, const 
   check_values(values_a, "values_a", vertices * width, lattice.weights);
   check_values(values_b, "values_b", vertices * width, lattice.weights);
   WSSS_CHECK(std::isfinite(coefficient), "coefficient must be finite, got ", coefficient);
+  check_disjoint({{out, "out"}, {values_a, "values_a"}, {values_b, "values_b"}},
+                 with(lattice_buffers(lattice), {{q, "q"}}));
+  check_lattice_indices(lattice, vertices);
   const float c = static_cast<float>(coefficient);
   const float* q_data = q.as<float>();
   float *out_data = out.as<float>(), *a = values_a.as<float>(), *b = values_b.as<float>();
@@ -162,6 +229,7 @@ void softmax(const ArrayView& unary, const ArrayView& pairwise, const ArrayView&
     check_buffer(q_out, "q_out", DType::kFloat32, unary, "unary", true);
     check_shape(q_out, {unary.shape[0], n_labels, unary.shape[2], unary.shape[3]}, "q_out");
   }
+  check_disjoint({{q, "q"}, {q_out, "q_out"}}, {{unary, "unary"}, {pairwise, "pairwise"}});
   const float* pairwise_data = pairwise.data ? pairwise.as<float>() : nullptr;
   float* q_out_data = q_out.data ? q_out.as<float>() : nullptr;
   WSSS_ROUTE(unary, "unary", stream, softmax_cuda(unary, pairwise_data, q.as<float>(), width, q_out_data, stream),
@@ -195,6 +263,7 @@ void mean_field(const MeanFieldArgs& args) {
     WSSS_CHECK(kernel.dims == kGaussianDims || (std::isfinite(kernel.srgb) && kernel.srgb > 0),
                "srgb must be finite and > 0, got ", kernel.srgb);
     WSSS_CHECK(std::isfinite(kernel.weight), "kernel weight must be finite, got ", kernel.weight);
+    check_lattice_scale(kernel.dims, kernel.sxy, kernel.srgb, height, width);
     dims[k] = kernel.dims;
   }
   WSSS_CHECK(std::isfinite(args.identity_weight), "identity_weight must be finite, got ", args.identity_weight);
@@ -203,6 +272,7 @@ void mean_field(const MeanFieldArgs& args) {
   const int64_t bytes = mean_field_workspace_bytes(height * width, n_labels, dims, args.n_kernels);
   WSSS_CHECK(args.workspace.shape[0] > 0 && args.workspace.shape[1] >= bytes, "workspace must be [workers, >= ",
              bytes, "], got ", args.workspace.describe());
+  check_disjoint({{args.out, "out"}, {args.workspace, "workspace"}}, {{unary, "unary"}, {args.image, "image"}});
   mean_field_cpu(args);
 }
 

@@ -65,6 +65,8 @@ void masked_tap(const TapArgs& args, uintptr_t stream) {
   check_buffer(rows, rows_name, x.dtype, {row_count, x.shape[1], x.shape[2], x.shape[3]}, x, x_name,
                !args.transpose);
   check_bits(args.bits, x_name, x, row_count);
+  check_disjoint({{args.output, args.transpose ? "grad_x" : "out"}},
+                 {{args.input, args.transpose ? "grad" : "x"}, {args.bits, "bits"}});
   if (rows.numel() == 0) return;
   WSSS_ROUTE(x, x_name, stream, masked_tap_cuda(args, stream), masked_tap_cpu(args));
 }
@@ -78,6 +80,7 @@ void mask_counts(const CountArgs& args, uintptr_t stream) {
   check_buffer(counts, "counts", counts.dtype, {args.bits.shape[0], args.bits.shape[1], args.kernel_size * args.kernel_size},
                args.bits, "bits", true);
   check_dtype(counts, {DType::kFloat32, DType::kFloat64}, "counts");
+  check_disjoint({{counts, "counts"}}, {{args.bits, "bits"}});
   if (counts.numel() == 0) return;
   WSSS_ROUTE(counts, "counts", stream, mask_counts_cuda(args, stream), mask_counts_cpu(args));
 }

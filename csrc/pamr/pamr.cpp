@@ -37,6 +37,7 @@ void affinity(const AffinityArgs& args, uintptr_t stream) {
   check_buffer(args.weights, "weights", compute, {image.shape[0], args.dilations.taps(), image.shape[2], image.shape[3]},
                image, "image", true);
   WSSS_CHECK(std::isfinite(args.sigma) && args.sigma > 0, "sigma must be finite and > 0, got ", args.sigma);
+  check_disjoint({{args.weights, "weights"}}, {{image, "image"}});
   if (image.numel() == 0) return;
   WSSS_ROUTE(image, "image", stream, affinity_cuda(args, stream), affinity_cpu(args));
 }
@@ -53,7 +54,7 @@ void propagate(const PropagateArgs& args, uintptr_t stream) {
   const int64_t channels = args.mask.shape[1];
   check_buffer(args.mask, "mask", weights.dtype, {batch, channels, height, width}, weights, "weights", false);
   check_buffer(args.out, "out", weights.dtype, {batch, channels, height, width}, weights, "weights", true);
-  WSSS_CHECK(args.out.data != args.mask.data || args.mask.numel() == 0, "out must not be the mask's memory");
+  check_disjoint({{args.out, "out"}}, {{args.mask, "mask"}, {weights, "weights"}});
   if (args.mask.numel() == 0) return;
   WSSS_ROUTE(weights, "weights", stream, propagate_cuda(args, stream), propagate_cpu(args));
 }

@@ -81,16 +81,28 @@ WSSS_HD void pixel_affinity(const S* image, int64_t channels, int64_t height, in
       const Offset o = tap_offset(dilations, k);
       return load_as<C>(channel, clamp_index(y + o.dy, height) * width + clamp_index(x + o.dx, width));
     };
+    // The std is computed in a shifted, scaled form so that it neither
+    // overflows (image * 1e20: squares past float's range) nor cancels (1e4
+    // plus 0.01 noise: a sum of 54 values near 1e4 has an ulp of 0.06): taps
+    // are read as differences to the centre (exact for nearby values), divided
+    // by their largest magnitude, then the two-pass variance. The logits are
+    // thereby invariant to a per-channel affine map of the image (up to the 1e-8).
     const C centre = load_as<C>(channel, y * width + x);
-    C sum = centre * static_cast<C>(dilations.count);
-    for (int k = 0; k < taps; ++k) sum += tap_value(k);
-    const C mean = sum / static_cast<C>(count);
-    C squares = (centre - mean) * (centre - mean) * static_cast<C>(dilations.count);
+    C reach = 0;
     for (int k = 0; k < taps; ++k) {
-      const C deviation = tap_value(k) - mean;
+      const C d = tap_value(k) - centre;
+      reach = (d < 0 ? -d : d) > reach ? (d < 0 ? -d : d) : reach;
+    }
+    const C inv_reach = reach > 0 ? C(1) / reach : C(0);
+    C sum = 0;  // of the scaled differences; the centre's own are 0
+    for (int k = 0; k < taps; ++k) sum += (tap_value(k) - centre) * inv_reach;
+    const C mean = sum / static_cast<C>(count);
+    C squares = mean * mean * static_cast<C>(dilations.count);
+    for (int k = 0; k < taps; ++k) {
+      const C deviation = (tap_value(k) - centre) * inv_reach - mean;
       squares += deviation * deviation;
     }
-    const C stddev = std::sqrt(squares / static_cast<C>(count - 1));
+    const C stddev = reach * std::sqrt(squares / static_cast<C>(count - 1));
     // Kept in the compute type: in fp16 the 1e-8 would flush to zero and a
     // flat patch would give 0 / 0.
     const C scale = inv_channels / (C(1e-8) + sigma * stddev);

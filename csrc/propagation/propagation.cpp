@@ -65,6 +65,8 @@ void forward(ForwardArgs args, uintptr_t stream) {
   const Problem& pb = args.problem;
   check_buffer(args.out, "out", args.query.dtype, {pb.batch, pb.height, pb.width, pb.labels}, args.query, "query",
                true);
+  check_disjoint({{args.out, "out"}, {args.stats, "stats"}, {args.topk_index, "topk_index"}},
+                 {{args.query, "query"}, {args.keys, "keys"}, {args.values, "values"}});
   if (pb.batch * pb.pixels() == 0) return;
   WSSS_ROUTE(args.query, "query", stream, forward_cuda(args, stream), forward_cpu(args));
 }
@@ -80,6 +82,9 @@ void backward(BackwardArgs args, uintptr_t stream) {
                true);
   check_buffer(args.grad_values, "grad_values", q.dtype, {pb.batch, pb.refs, pb.height, pb.width, pb.labels}, q,
                "query", true);
+  check_disjoint({{args.grad_query, "grad_query"}, {args.grad_keys, "grad_keys"}, {args.grad_values, "grad_values"}},
+                 {{q, "query"}, {args.keys, "keys"}, {args.values, "values"}, {args.grad_out, "grad_out"},
+                  {args.stats, "stats"}, {args.delta, "delta"}, {args.topk_index, "topk_index"}});
   if (pb.batch * pb.pixels() == 0) return;
   check_topk_entries(pb, args.topk_index);
   WSSS_ROUTE(q, "query", stream, backward_cuda(args, stream), backward_cpu(args));

@@ -17,7 +17,7 @@ void step(const StepArgs& args, uintptr_t stream) {
   const int64_t channels = args.x.shape[1];
   check_buffer(args.x, "x", weights.dtype, {batch, channels, height, width}, weights, "weights", false);
   check_buffer(args.y, "y", weights.dtype, {batch, channels, height, width}, weights, "weights", true);
-  WSSS_CHECK(args.x.data != args.y.data || args.x.numel() == 0, "y must not be x's memory");
+  check_disjoint({{args.y, "y"}}, {{args.x, "x"}, {weights, "weights"}, {args.offsets, "offsets"}});
   if (args.x.numel() == 0) return;
   WSSS_ROUTE(weights, "weights", stream, step_cuda(args, stream), step_cpu(args));
 }
@@ -37,6 +37,7 @@ void weight_grad(const WeightGradArgs& args, uintptr_t stream) {
                false);
   check_buffer(args.grad_y, "grad_y", grad_weights.dtype, {batch, channels, height, width}, grad_weights,
                "grad_weights", false);
+  check_disjoint({{grad_weights, "grad_weights"}}, {{args.grad_y, "grad_y"}, {args.x, "x"}, {args.offsets, "offsets"}});
   if (grad_weights.numel() == 0) return;
   WSSS_ROUTE(grad_weights, "grad_weights", stream, weight_grad_cuda(args, stream), weight_grad_cpu(args));
 }

@@ -46,6 +46,12 @@ void step(const StepArgs& args, uintptr_t stream) {
   WSSS_CHECK(std::isfinite(args.inv_eps) && args.inv_eps > 0, "inv_eps must be finite and positive, got ",
              args.inv_eps);
   WSSS_CHECK(std::isfinite(args.log_n), "log_n must be finite, got ", args.log_n);
+  const Named g{args.g, "g"}, partials{args.partials, "partials"};
+  const Named col_max{args.col_max, "col_max"}, col_sumexp{args.col_sumexp, "col_sumexp"};
+  if (args.update_g)
+    check_disjoint({g, partials, col_max, col_sumexp}, {{args.scores, "scores"}, {args.f, "f"}});
+  else
+    check_disjoint({partials, col_max, col_sumexp}, {{args.scores, "scores"}, {args.f, "f"}, g});
   WSSS_ROUTE(args.scores, "scores", stream, step_cuda(args, stream), step_cpu(args));
 }
 
@@ -54,6 +60,7 @@ void codes(const CodesArgs& args, uintptr_t stream) {
   const int64_t n = args.scores.shape[0], k = args.scores.shape[1];
   check_buffer(args.f, args.scores, {k}, "f", false);
   check_buffer(args.codes, args.scores, {n, k}, "codes", true);
+  check_disjoint({{args.codes, "codes"}}, {{args.scores, "scores"}, {args.f, "f"}});
   WSSS_CHECK(std::isfinite(args.inv_eps) && args.inv_eps > 0, "inv_eps must be finite and positive, got ",
              args.inv_eps);
   WSSS_ROUTE(args.scores, "scores", stream, codes_cuda(args, stream), codes_cpu(args));

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from wsss_ext.ops._checks import check_iterations, check_real
 from wsss_ext.ops.dense_crf import dense_crf
 
 # Settings the WSSS papers' code passes (REFERENCES.md, section 1).
@@ -43,21 +44,22 @@ class DenseCRF(nn.Module):
         bilateral_weight: float = 10.0,
     ) -> None:
         super().__init__()
-        self.n_iters = n_iters
-        self.gaussian_sxy = float(gaussian_sxy)
-        self.gaussian_weight = float(gaussian_weight)
-        self.bilateral_sxy = float(bilateral_sxy)
-        self.bilateral_srgb = float(bilateral_srgb)
-        self.bilateral_weight = float(bilateral_weight)
+        self.n_iters = check_iterations(n_iters, "n_iters")
+        self.gaussian_sxy = check_real(gaussian_sxy, "gaussian_sxy")
+        self.gaussian_weight = check_real(gaussian_weight, "gaussian_weight")
+        self.bilateral_sxy = check_real(bilateral_sxy, "bilateral_sxy")
+        self.bilateral_srgb = check_real(bilateral_srgb, "bilateral_srgb")
+        self.bilateral_weight = check_real(bilateral_weight, "bilateral_weight")
 
     @classmethod
     def preset(cls, name: str, scale: float = 1.0, n_iters: int = 10) -> DenseCRF:
         """A published setting (``"affinitynet"``, ``"irnet"``, ``"recurseed"``),
         with both spatial widths divided by ``scale`` for maps downscaled that much."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-        if not scale > 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
+        scale = check_real(scale, "scale", positive=True)
         settings = dict(PRESETS[name])
         settings["gaussian_sxy"] /= scale
         settings["bilateral_sxy"] /= scale

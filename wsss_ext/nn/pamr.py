@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from wsss_ext.ops.pamr import pamr, resize_image_to_mask
+from wsss_ext.ops._checks import check_iterations, check_real
+from wsss_ext.ops.pamr import _check_dilations, pamr, resize_image_to_mask
 
 
 class PAMR(nn.Module):
@@ -35,9 +36,10 @@ class PAMR(nn.Module):
 
     def __init__(self, n_iters: int = 10, dilations: Sequence[int] = (1, 2, 4, 8, 12, 24), sigma: float = 0.1) -> None:
         super().__init__()
-        self.n_iters = n_iters
-        self.dilations = tuple(dilations)
-        self.sigma = sigma
+        # Checked here too, so that a bad setting fails where it is made, not at the first call.
+        self.n_iters = check_iterations(n_iters, "n_iters")
+        self.dilations = tuple(_check_dilations(dilations))
+        self.sigma = check_real(sigma, "sigma", positive=True)
 
     def forward(self, image: Tensor, mask: Tensor) -> Tensor:
         if isinstance(image, Tensor) and isinstance(mask, Tensor) and image.shape[-2:] != mask.shape[-2:]:

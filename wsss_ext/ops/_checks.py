@@ -31,6 +31,9 @@ def check_tensor(
     only makes the message clearer."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.layout != torch.strided:  # sparse, mkldnn: the kernels read dense memory
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {value.layout}; "
+                        f"convert it with .to_dense()")
     if ndim is not None and value.dim() != ndim:
         hint = f" ({layout})" if layout else ""
         raise ValueError(f"{name} must be {ndim}-D{hint}, got shape {tuple(value.shape)}")
@@ -61,14 +64,65 @@ def check_real(value: object, name: str, *, positive: bool = False, allow_none: 
     return value
 
 
-def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
-    """An integer (bools rejected), optionally >= minimum."""
+INT32_MAX = 2**31 - 1
+# Iteration counts run a host loop: past this they are a mistake that would
+# look like a hang (published settings use at most a few thousand).
+MAX_ITERATIONS = 100_000
+
+
+def check_int(value: object, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer (bools rejected), optionally within [minimum, maximum]."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     value = int(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
+
+
+def check_iterations(value: object, name: str, *, minimum: int = 0) -> int:
+    """An iteration or sample count in [minimum, MAX_ITERATIONS]."""
+    return check_int(value, name, minimum=minimum, maximum=MAX_ITERATIONS)
+
+
+def check_ints(value: object, name: str, *, length: int | None = None, minimum: int | None = None,
+               maximum: int | None = INT32_MAX) -> tuple[int, ...]:
+    """A sequence of ints (a size, a list of dilations), each checked by check_int."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        what = f"a sequence of {length} ints" if length else "a sequence of ints"
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+    if length is not None and len(value) != length:
+        raise ValueError(f"{name} must hold {length} ints, got {len(value)}")
+    return tuple(check_int(v, f"{name}[{i}]", minimum=minimum, maximum=maximum) for i, v in enumerate(value))
+
+
+def _device_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**48
+
+
+def check_allocation(shape: Sequence[int], dtype: torch.dtype, device: torch.device | str, what: str) -> None:
+    """Refuse, before allocating, a buffer that could never fit: ``what`` (the
+    argument that asks for it) is named with the size it asks for. Skipped
+    under torch.compile / torch.export, where sizes may be symbolic."""
+    if torch.compiler.is_compiling():
+        return
+    numel = 1
+    for s in shape:
+        numel *= int(s)
+    size = numel * torch.empty((), dtype=dtype).element_size()
+    available = _device_memory_bytes(torch.device(device))
+    if numel >= 2**62 or size > available:
+        raise ValueError(f"{what} asks for a {list(shape)} {str(dtype).replace('torch.', '')} buffer of "
+                         f"{size / 2**30:.4g} GiB, more than the {available / 2**30:.4g} GiB of {device}")
 
 
 def cuda_stream(tensor: torch.Tensor) -> int:
@@ -164,9 +218,19 @@ def require_all(
         raise ValueError(message if isinstance(message, str) else message())
 
 
+def _all_finite(tensor: torch.Tensor) -> torch.Tensor:
+    """Whether every element is finite, without a temporary of the tensor's
+    size (``torch.isfinite`` builds ``abs()`` and two masks: three times an
+    N x K input for Sinkhorn): min and max propagate NaN and hold any inf."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=tensor.device)
+    low, high = torch.aminmax(tensor)
+    return torch.isfinite(low) & torch.isfinite(high)
+
+
 def require_finite(tensor: torch.Tensor, message: str) -> None:
-    """:func:`require_all` with ``torch.isfinite``: refuse NaN and inf."""
-    require_all(tensor, torch.isfinite, message)
+    """:func:`require_all` for NaN and inf: refuse them."""
+    require_all(tensor, _all_finite, message)
 
 
 def refuse_under_compile(what: str, advice: str) -> None:

@@ -20,7 +20,15 @@ import torch
 from torch import Tensor
 
 from wsss_ext import _C
-from wsss_ext.ops._checks import check_int, check_tensor, cuda_stream, fast_custom_op, require_finite, vmap_into_batch
+from wsss_ext.ops._checks import (
+    INT32_MAX,
+    check_int,
+    check_tensor,
+    cuda_stream,
+    fast_custom_op,
+    require_finite,
+    vmap_into_batch,
+)
 
 __all__ = ["correlation"]
 
@@ -29,17 +37,17 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def _pair(value: object, name: str, minimum: int) -> list[int]:
     if type(value) is int:  # the common case, first
-        if value < minimum:
-            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        if not minimum <= value <= INT32_MAX:
+            raise ValueError(f"{name} must be >= {minimum} (and <= {INT32_MAX}), got {value}")
         return [value, value]
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         values = [int(value), int(value)]
     elif isinstance(value, (tuple, list)) and len(value) == 2:
-        values = [check_int(v, name) for v in value]
+        values = [check_int(v, name, maximum=INT32_MAX) for v in value]
     else:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if min(values) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if min(values) < minimum or max(values) > INT32_MAX:
+        raise ValueError(f"{name} must be >= {minimum} (and <= {INT32_MAX}), got {value}")
     return values
 
 

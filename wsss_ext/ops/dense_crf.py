@@ -27,6 +27,8 @@ from torch import Tensor
 
 from wsss_ext import _C
 from wsss_ext.ops._checks import (
+    check_allocation,
+    check_iterations,
     check_int,
     check_real,
     check_tensor,
@@ -301,7 +303,7 @@ def dense_crf(
         )
     if n_labels < 1:
         raise ValueError(f"unary needs at least one label, got shape {tuple(unary.shape)}")
-    n_iters = check_int(n_iters, "n_iters", minimum=0)
+    n_iters = check_iterations(n_iters, "n_iters")
     gaussian_sxy = check_real(gaussian_sxy, "gaussian_sxy", positive=True)
     bilateral_sxy = check_real(bilateral_sxy, "bilateral_sxy", positive=True)
     bilateral_srgb = check_real(bilateral_srgb, "bilateral_srgb", positive=True)
@@ -350,12 +352,16 @@ def unary_from_probs(probs: Tensor, clip: float = 1e-5) -> Tensor:
         Energies of the same shape and dtype.
     """
     check_tensor(probs, "probs", dtypes=_UNARY_DTYPES)
+    if probs.dim() not in (3, 4):
+        raise ValueError(f"probs must be L x H x W or B x L x H x W, got shape {tuple(probs.shape)}")
     clip = check_real(clip, "clip", positive=True)
     if clip > 1:
         raise ValueError(f"clip must be in (0, 1], got {clip}")
-    clamped = probs.clamp(clip, 1.0)  # NaN stays NaN: the only non-finite value left to refuse
-    require_finite(clamped, "probs contains NaN")
-    return -torch.log(clamped)
+    # min(-log p, -log clip) rather than -log(clamp(p, clip)): a clip below the
+    # dtype's range (1e-300 in float32) would round to 0 in the clamp and give
+    # inf; -log(clip) is a finite Python float for every positive clip.
+    require_finite(probs, "probs contains NaN or inf")
+    return (-torch.log(probs.clamp(0.0, 1.0))).clamp(max=-math.log(clip))
 
 
 def unary_from_labels(labels: Tensor, n_labels: int, gt_prob: float = 0.7, ignore_index: int | None = None) -> Tensor:
@@ -387,6 +393,7 @@ def unary_from_labels(labels: Tensor, n_labels: int, gt_prob: float = 0.7, ignor
         raise ValueError(f"gt_prob must be in (0, 1), got {gt_prob}")
     if ignore_index is not None:
         ignore_index = check_int(ignore_index, "ignore_index")
+    check_allocation((*labels.shape, n_labels), torch.float32, labels.device, "n_labels")
     labels = labels.long()
     unsure = labels == ignore_index if ignore_index is not None else torch.zeros_like(labels, dtype=torch.bool)
     in_range = ((labels >= 0) & (labels < n_labels)) | unsure

@@ -37,6 +37,8 @@ from torch import Tensor
 
 from wsss_ext import _C
 from wsss_ext.ops._checks import (
+    check_allocation,
+    check_iterations,
     check_int,
     check_real,
     check_tensor,
@@ -299,11 +301,13 @@ def _check_conv(x: Tensor, weight: object, bias: object) -> tuple[Tensor, Tensor
     _check_kernel_size(weight.shape[-1])
     if weight.device != x.device:
         raise ValueError(f"weight is on {weight.device} but x is on {x.device}")
+    require_finite(weight, "weight contains NaN or inf")
     if bias is not None:
         bias = check_tensor(bias, "bias", ndim=1, dtypes=_FLOAT_DTYPES)
         if bias.shape[0] != weight.shape[0] or bias.device != x.device:
             raise ValueError(f"bias must have {weight.shape[0]} values on {x.device}, got {tuple(bias.shape)} on "
                              f"{bias.device}")
+        require_finite(bias, "bias contains NaN or inf")
     return weight, bias
 
 
@@ -345,8 +349,9 @@ def fickle_conv2d(
     weight, bias = _check_conv(x, weight, bias)
     p = _check_p(p)
     seed = _check_seed(seed)
-    n_samples = check_int(n_samples, "n_samples", minimum=1)
+    n_samples = check_iterations(n_samples, "n_samples", minimum=1)
     dtype = _compute_dtype(x, weight)
+    check_allocation((n_samples * x.shape[0], weight.shape[0], *x.shape[2:]), dtype, x.device, "n_samples")
     if not training:
         out = F.conv2d(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
                        padding=weight.shape[-1] // 2)
@@ -404,8 +409,8 @@ def fickle_gradcam(
     weight, bias = _check_conv(x, weight, bias)
     p = _check_p(p)
     seed = _check_seed(seed)
-    n_samples = check_int(n_samples, "n_samples", minimum=1)
-    chunk_samples = check_int(chunk_samples, "chunk_samples", minimum=1)
+    n_samples = check_iterations(n_samples, "n_samples", minimum=1)
+    chunk_samples = check_iterations(chunk_samples, "chunk_samples", minimum=1)
     threshold = check_real(threshold, "threshold")
     ignore_index = check_int(ignore_index, "ignore_index")
     labels = check_tensor(labels, "labels", ndim=2, layout="B x O")

@@ -30,11 +30,15 @@ from torch import Tensor
 
 from wsss_ext import _C
 from wsss_ext.ops._checks import (
+    check_allocation,
+    check_ints,
+    check_iterations,
     check_int,
     check_real,
     check_tensor,
     cuda_stream,
     fast_custom_op,
+    require_all,
     require_finite,
     vmap_into_batch,
 )
@@ -141,6 +145,12 @@ def _check_image(image: object) -> Tensor:
     if image.shape[1] == 0:
         raise ValueError(f"image must have at least one channel, got shape {tuple(image.shape)}")
     require_finite(image, "image contains NaN or inf")
+    # The kernel takes differences of image values: they must not overflow the compute dtype.
+    limit = torch.finfo(_compute_dtype(image)).max / 2
+    if image.numel():
+        require_all(image, lambda i: i.abs().amax() <= limit,
+                    lambda: f"image values must be within +-{limit:.3g} (their differences must fit "
+                    f"{_compute_dtype(image)}); got max |image| = {float(image.abs().amax()):.3g}")
     return image
 
 
@@ -224,7 +234,7 @@ def pamr(
         >>> refined[:, 1].sum().backward()   # differentiable in the mask
     """
     dilations = _check_dilations(dilations)
-    n_iters = check_int(n_iters, "n_iters", minimum=0)
+    n_iters = check_iterations(n_iters, "n_iters")
     sigma = check_real(sigma, "sigma", positive=True)
     mask = check_tensor(mask, "mask", dtypes=_FLOAT_DTYPES)
     if not isinstance(image, Tensor):
@@ -266,9 +276,8 @@ def resize_image_to_mask(image: Tensor, mask_or_size: Tensor | tuple[int, int]) 
     if isinstance(mask_or_size, Tensor):
         size = tuple(mask_or_size.shape[-2:])
     else:
-        size = tuple(check_int(s, "size[]", minimum=1) for s in mask_or_size)
-        if len(size) != 2:
-            raise ValueError(f"size must be (H, W), got {mask_or_size}")
+        size = check_ints(mask_or_size, "mask_or_size", length=2, minimum=1)
+        check_allocation((*image.shape[:-2], *size), image.dtype, image.device, "mask_or_size")
     batched = image.dim() == 4
     image = image if batched else image.unsqueeze(0)
     image = image.to(_compute_dtype(image))

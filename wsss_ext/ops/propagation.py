@@ -26,6 +26,8 @@ from torch import Tensor
 
 from wsss_ext import _C
 from wsss_ext.ops._checks import (
+    check_allocation,
+    check_ints,
     check_int,
     check_real,
     check_tensor,
@@ -292,7 +294,9 @@ def track_video(
                 lambda: f"first_labels holds label {int(first_labels.max())} but n_labels is {n_labels}")
     n_recent = check_int(n_recent, "n_recent", minimum=0)
     border = _check_border(border)
-    size = tuple(first_labels.shape) if size is None else tuple(check_int(s, "size[]", minimum=1) for s in size)
+    size = tuple(first_labels.shape) if size is None else check_ints(size, "size", length=2, minimum=1)
+    check_allocation((len(frames), *size), torch.int64, first_labels.device, "size")  # the output
+    check_allocation((n_labels, *size), torch.float32, first_labels.device, "size")  # one frame's upsampled labels
     device, height, width = frames[0].device, *frames[0].shape[1:]
 
     one_hot = F.one_hot(first_labels.to(device).long(), n_labels).permute(2, 0, 1)[None].float()

@@ -25,6 +25,9 @@ from torch import Tensor
 
 from wsss_ext import _C
 from wsss_ext.ops._checks import (
+    check_allocation,
+    check_ints,
+    check_iterations,
     check_int,
     check_real,
     check_tensor,
@@ -156,6 +159,8 @@ def feature_affinity(features: Tensor, radius: int = 5) -> Tensor:
     """
     radius = _check_radius(radius)
     features = _check_map(features, "features", "B x C x H x W")
+    if features.shape[1] == 0:  # the mean over no channels is 0 / 0
+        raise ValueError(f"features must have at least one channel, got shape {tuple(features.shape)}")
     read = _shift_reader(features, radius, 0.0)
     valid = _valid_taps(radius, *features.shape[-2:], features.device)
     taps = [torch.exp(-(features - read(dy, dx)).abs().mean(1)) for dy, dx in _offsets(radius)]
@@ -309,7 +314,11 @@ def _transition_weights(affinity: Tensor, radius: int, beta: float) -> Tensor:
     whose taps all have zero affinity keeps its value (weight 1 on its centre),
     where the dense references divide 0 by 0."""
     valid = _valid_taps(radius, *affinity.shape[-2:], affinity.device)
-    powered = torch.where(valid, affinity.pow(beta), torch.zeros((), dtype=affinity.dtype, device=affinity.device))
+    # Out-of-map taps are set to 1 before the power, not after: a^beta at a = 0
+    # has an infinite derivative for beta < 1, and where() would multiply it by
+    # the zero gradient of the unselected branch (NaN).
+    one = torch.ones((), dtype=affinity.dtype, device=affinity.device)
+    powered = torch.where(valid, affinity, one).pow(beta) * valid
     total = powered.sum(1, keepdim=True)
     isolated = total == 0
     weights = powered / torch.where(isolated, torch.ones_like(total), total)
@@ -354,7 +363,7 @@ def random_walk(x: Tensor, affinity: Tensor, beta: float = 8.0, n_steps: int = 2
     beta = check_real(beta, "beta")
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
-    n_steps = check_int(n_steps, "n_steps", minimum=0)
+    n_steps = check_iterations(n_steps, "n_steps")
     x = _check_map(x, "x", "B x C x H x W")
     affinity = _check_map(affinity, "affinity", "B x T x H x W")
     if x.device != affinity.device:
@@ -412,9 +421,13 @@ def irnet_random_walk(
     ``cams * (1 - boundary)`` on :func:`boundary_affinity`. ``cams`` B x C x H x W
     (foreground classes), ``boundary`` B x 1 x H x W. Returns B x C x H x W;
     :func:`walk_to_labels` with ``bg_threshold=0.25`` makes the pseudo-mask."""
+    cams = _check_map(cams, "cams", "B x C x H x W")
     if isinstance(boundary, Tensor) and boundary.dim() == 3:
         boundary = boundary.unsqueeze(1)
     affinity = boundary_affinity(boundary, radius)
+    if cams.shape[0] != boundary.shape[0] or cams.shape[2:] != boundary.shape[2:]:
+        raise ValueError(f"cams {tuple(cams.shape)} and boundary {tuple(boundary.shape)} must have the same batch "
+                         "size and H x W")
     return random_walk(cams * (1 - boundary), affinity, beta, n_steps)
 
 
@@ -428,7 +441,8 @@ def walk_to_labels(scores: Tensor, size: tuple[int, int], bg_threshold: float | 
     .. C. Without it the argmax is over the given channels (AffinityNet,
     whose channel 0 is its background). Returns B x H x W int64 labels."""
     scores = _check_map(scores, "scores", "B x C x h x w")
-    size = tuple(check_int(s, "size[]", minimum=1) for s in size)
+    size = check_ints(size, "size", length=2, minimum=1)
+    check_allocation((*scores.shape[:2], *size), torch.float32, scores.device, "size")
     upsampled = F.interpolate(scores.float(), size=size, mode="bilinear", align_corners=False)
     if bg_threshold is None:
         return upsampled.argmax(1)

@@ -27,6 +27,8 @@ from torch import Tensor
 
 from wsss_ext import _C
 from wsss_ext.ops._checks import (
+    MAX_ITERATIONS,
+    check_iterations,
     check_int,
     check_real,
     check_tensor,
@@ -209,10 +211,12 @@ def sinkhorn_knopp(
     """
     check_tensor(scores, "scores", ndim=2, layout="N samples x K prototypes", dtypes=_SCORE_DTYPES)
     epsilon = check_real(epsilon, "epsilon", positive=True)
-    n_iters = check_int(n_iters, "n_iters", minimum=0)
+    n_iters = check_iterations(n_iters, "n_iters")
     tol = check_real(tol, "tol", positive=True, allow_none=True)
     # max_iters only caps the iterations to tol; without tol, n_iters is the count.
-    max_iters = check_int(max_iters, "max_iters", minimum=max(n_iters, 1) if tol is not None else 1)
+    max_iters = check_int(max_iters, "max_iters", minimum=max(n_iters, 1) if tol is not None else 1,
+                          maximum=MAX_ITERATIONS)
+    _check_process_group(process_group)
     n, k = scores.shape
     if n == 0 or k == 0:
         raise ValueError(f"scores must have at least one sample and one prototype, got shape {tuple(scores.shape)}")
@@ -275,6 +279,16 @@ def sinkhorn_knopp(
     if iteration == 0:  # no iteration ran, so nothing above has looked at the scores
         _require_finite_scores(codes, epsilon)
     return codes
+
+
+def _check_process_group(group: object) -> None:
+    if group is None:
+        return
+    import torch.distributed as dist
+
+    if not (dist.is_available() and isinstance(group, dist.ProcessGroup)):
+        raise TypeError(f"process_group must be a torch.distributed ProcessGroup (e.g. "
+                        f"torch.distributed.group.WORLD) or None, got {type(group).__name__}")
 
 
 def _require_finite_scores(derived: Tensor, epsilon: float) -> None:
