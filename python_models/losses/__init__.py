@@ -128,6 +128,6 @@ __all__ = [
     "with_background",
 ]
 # the video correspondence methods (colorization, CorrFlow, MAST, SS-VOS)
-from python_models.losses.video import colour_cross_entropy, lab_reconstruction_loss  # noqa: E402
+from python_models.losses.video import colour_cross_entropy, lab_reconstruction_loss, mast_clip_loss  # noqa: E402
 
-__all__ += ["colour_cross_entropy", "lab_reconstruction_loss"]
+__all__ += ["colour_cross_entropy", "lab_reconstruction_loss", "mast_clip_loss"]

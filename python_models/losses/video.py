@@ -8,15 +8,32 @@
   same upsampling (CorrFlow ``main.py cross_entropy``; Vondrick et al.'s CE).
 - :func:`scheduled_sampling_threshold`: CorrFlow's probability of using the
   true colours of a reference, 0.9 -> 0.6 over training.
+- :func:`mast_clip_loss`: MAST's whole training loss of an RGB clip (Lab,
+  channel dropout, the memory read-out, the photometric loss), shared by
+  MAST and SS-VOS.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from python_models._checks import check_maps
+from python_models.augment.colour import (
+    MAST_DROPOUT,
+    channel_dropout,
+    normalize_lab,
+    rgb_to_lab,
+)
+from python_models.heads.correspondence import (
+    MAST_LONG_TERM_GAP,
+    MAST_SEARCH_RADIUS,
+    long_term_dilation,
+    reconstruct_dropped,
+)
 from wsss_ext.ops._checks import require_all, require_finite
 
 __all__ = [
@@ -24,6 +41,7 @@ __all__ = [
     "MAST_LOSS_SCALE",
     "colour_cross_entropy",
     "lab_reconstruction_loss",
+    "mast_clip_loss",
     "scheduled_sampling_threshold",
 ]
 
@@ -92,3 +110,26 @@ def scheduled_sampling_threshold(step: int, max_steps: int, start: float = 0.9, 
         return float(start)
     fraction = min(max(step / max_steps, 0.0), 1.0)
     return float(start - (start - end) * fraction)
+
+
+def mast_clip_loss(encoder: torch.nn.Module, frames: Tensor, dropped: Sequence[int] | None = None, *,
+                   references: Sequence[int] = (0, 2), target: int = 4, radius: int = 6, temperature: float = 1.0,
+                   border: str = "zero", long_term_gap: int = MAST_LONG_TERM_GAP,
+                   search_radius: int = MAST_SEARCH_RADIUS, scale: float = MAST_LOSS_SCALE) -> Tensor:
+    """MAST's training loss of RGB clips ``frames`` B x T x 3 x H x W in [0, 1]
+    (the video frames ``references``, then ``target``): normalised Lab, the
+    ``dropped`` channels hidden (drawn by MAST's dropout rule when None), the
+    target's reconstructed from the references through ``encoder``'s
+    features (:func:`python_models.heads.correspondence.reconstruct_dropped`,
+    references further back than ``long_term_gap`` frames through the coarse
+    search), and :func:`lab_reconstruction_loss` of it. A scalar."""
+    lab = normalize_lab(rgb_to_lab(frames))
+    if dropped is None:
+        _, dropped = channel_dropout(lab[:1, :1], **MAST_DROPOUT)
+    dropped = tuple(int(channel) for channel in dropped)
+    if not dropped or any(c not in (0, 1, 2) for c in dropped) or len(set(dropped)) != len(dropped):
+        raise ValueError(f"dropped_channels must be distinct Lab channels in (0, 1, 2), got {dropped}")
+    dilations = [long_term_dilation(int(target) - int(r), int(long_term_gap)) for r in references]
+    out, truth = reconstruct_dropped(encoder, lab, dropped, int(radius), dilations, float(temperature), border,
+                                     int(search_radius))
+    return lab_reconstruction_loss(out, truth, float(scale))

@@ -11,17 +11,14 @@ from typing import Any
 from torch import Tensor
 
 from python_models.augment.colour import (
-    MAST_DROPOUT,
-    channel_dropout,
     normalize_lab,
     rgb_to_lab,
 )
 from python_models.heads.correspondence import (
     CorrespondenceEncoder,
     long_term_dilation,
-    reconstruct_dropped,
 )
-from python_models.losses.video import lab_reconstruction_loss
+from python_models.losses.video import mast_clip_loss
 from python_models.methods.base import VideoMethod
 from python_models.methods.registry import register
 
@@ -127,15 +124,13 @@ class MAST(VideoMethod):
         return mast_memory(t, tuple(config.long_term), int(config.recent), int(config.recent_gap),
                            int(config.long_term_gap))
 
-    def reconstruct(self, lab: Tensor, dropped: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-        """(reconstruction B x |dropped| x h x w of the last frame's dropped
-        channels from the others', its target B x |dropped| x H x W) for a
-        normalised-Lab clip B x T x 3 x H x W (:func:`python_models.heads.correspondence.reconstruct_dropped`)."""
-        config = self.config
-        dilations = [long_term_dilation(int(config.train_target) - r, int(config.long_term_gap))
-                     for r in config.train_references]
-        return reconstruct_dropped(self.encoder, lab, dropped, int(config.train_radius), dilations,
-                                   float(config.temperature), self.BORDER, int(config.search_radius))
+    def reconstruction_loss(self, frames: Tensor, dropped: tuple[int, ...] | None = None) -> Tensor:
+        """MAST's loss of RGB clips B x 3 x 3 x H x W (:func:`python_models.losses.mast_clip_loss`;
+        the dropout is drawn when ``dropped`` is None)."""
+        c = self.config
+        return mast_clip_loss(self.encoder, frames, dropped, references=c.train_references, target=c.train_target,
+                              radius=c.train_radius, temperature=c.temperature, border=self.BORDER,
+                              long_term_gap=c.long_term_gap, search_radius=c.search_radius, scale=c.loss_scale)
 
     def losses(self, batch: Mapping[str, Any], step: int = 0) -> dict[str, Tensor]:
         self.check_batch(batch)
@@ -143,13 +138,5 @@ class MAST(VideoMethod):
         if frames.shape[1] != len(self.config.train_references) + 1:
             raise ValueError(f"frames must hold {len(self.config.train_references) + 1} frames per clip "
                              f"(references {tuple(self.config.train_references)} and the target), got {frames.shape[1]}")
-        lab = normalize_lab(rgb_to_lab(frames))
-        dropped = batch.get("dropped_channels")
-        if dropped is None:
-            _, dropped = channel_dropout(lab[:1, :1], **MAST_DROPOUT)
-        dropped = tuple(int(c) for c in dropped)
-        if not dropped or any(c not in (0, 1, 2) for c in dropped) or len(set(dropped)) != len(dropped):
-            raise ValueError(f"dropped_channels must be distinct Lab channels in (0, 1, 2), got {dropped}")
-        out, target = self.reconstruct(lab, dropped)
-        loss = lab_reconstruction_loss(out, target, float(self.config.loss_scale))
+        loss = self.reconstruction_loss(frames, batch.get("dropped_channels"))
         return {"reconstruction": loss, "loss": loss}

@@ -14,17 +14,14 @@ import torch
 from torch import Tensor
 
 from python_models.augment.colour import (
-    MAST_DROPOUT,
-    channel_dropout,
     normalize_lab,
     rgb_to_lab,
 )
 from python_models.heads.correspondence import (
     CorrespondenceEncoder,
     long_term_dilation,
-    reconstruct_dropped,
 )
-from python_models.losses.video import lab_reconstruction_loss
+from python_models.losses.video import mast_clip_loss
 from python_models.methods.base import VideoMethod
 from python_models.methods.registry import register
 
@@ -122,16 +119,9 @@ class SSVOS(VideoMethod):
     def reconstruction_loss(self, frames: Tensor, dropped: tuple[int, ...] | None = None) -> Tensor:
         """MAST's loss on RGB clips B x 3 x 3 x H x W (dropout drawn if ``dropped`` is None)."""
         c = self.config
-        lab = normalize_lab(rgb_to_lab(frames))
-        if dropped is None:
-            _, dropped = channel_dropout(lab[:1, :1], **MAST_DROPOUT)
-        dropped = tuple(int(x) for x in dropped)
-        if not dropped or any(x not in (0, 1, 2) for x in dropped) or len(set(dropped)) != len(dropped):
-            raise ValueError(f"dropped_channels must be distinct Lab channels in (0, 1, 2), got {dropped}")
-        dilations = [long_term_dilation(int(c.train_target) - r, int(c.long_term_gap)) for r in c.train_references]
-        out, target = reconstruct_dropped(self.encoder, lab, dropped, int(c.train_radius), dilations,
-                                          float(c.temperature), self.BORDER, int(c.search_radius))
-        return lab_reconstruction_loss(out, target, float(c.loss_scale))
+        return mast_clip_loss(self.encoder, frames, dropped, references=c.train_references, target=c.train_target,
+                              radius=c.train_radius, temperature=c.temperature, border=self.BORDER,
+                              long_term_gap=c.long_term_gap, search_radius=c.search_radius, scale=c.loss_scale)
 
     def losses(self, batch: Mapping[str, Any], step: int = 0) -> dict[str, Tensor]:
         self.check_batch(batch)

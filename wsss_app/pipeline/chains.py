@@ -32,8 +32,6 @@ widths must shrink with the image (the demo's settings do so explicitly).
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -47,6 +45,7 @@ from python_models.methods.recurseed import RECURSEED_CRF
 from python_models.pseudo.confident import IRNET_CRF, PSA_CRF
 from python_models.pseudo.pamr_gt import PAMR_DILATIONS
 from wsss_app.pipeline.walks import ImageGradientWalk, WalkSource, image_boundary
+from wsss_ext.ops._checks import check_int, check_real
 
 __all__ = ["CHAINS", "OPTIONS", "PRESETS", "STEPS", "ChainSettings", "chain_settings", "image_boundary",
            "parse_chain", "refine", "settings_dict"]
@@ -59,24 +58,14 @@ SSSS_PAMR = dict(n_iters=10, dilations=PAMR_DILATIONS, sigma=0.1)
 
 
 def _real(value, name: str, *, positive: bool = False, minimum: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+    value = check_real(value, name, positive=positive)
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
 
 
 def _int(value, name: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+    return check_int(value, name, minimum=minimum)
 
 
 @dataclass
