@@ -7,22 +7,14 @@ the past, and test-time adaptation of the network to the video against drift."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from python_models.augment.colour import (
-    normalize_lab,
-    rgb_to_lab,
-)
 from python_models.heads.correspondence import (
-    CorrespondenceEncoder,
     long_term_dilation,
 )
-from python_models.losses.video import mast_clip_loss
-from python_models.methods.base import VideoMethod
+from python_models.methods.mast import MAST
 from python_models.methods.registry import register
 
 __all__ = ["SSVOS", "ssvos_memory"]
@@ -42,7 +34,7 @@ def ssvos_memory(t: int, interval: int = 5, size: int = 4, recent: int = 3, gap:
 
 
 @register
-class SSVOS(VideoMethod):
+class SSVOS(MAST):
     """SS-VOS: MAST's correspondence, a rolling long-term memory, online adaptation.
 
     Taken from the paper (arXiv 2006.12480; METHODS.md): the approach builds
@@ -80,57 +72,19 @@ class SSVOS(VideoMethod):
 
     KEY = "ssvos"
     PAPER = "Zhu et al., Self-supervised Video Object Segmentation, arXiv 2006.12480, 2020"
-    DEFAULTS = dict(
-        num_classes=0,
-        backbone="resnet18",
-        dim=64,
-        train_radius=6,
-        test_radius=12,
-        temperature=1.0,
-        loss_scale=20.0,
-        train_references=(0, 2),
-        train_target=4,
-        long_term_interval=5,
-        long_term_size=4,
-        recent=3,
-        recent_gap=2,
-        long_term_gap=15,
-        search_radius=12,
-        adapt_steps=10,
-        adapt_lr=1e-4,
-    )
-    KERNELS = ("propagate_labels",)
-    BORDER = "zero"
-    CLIP_LENGTH = 3
-
-    def __init__(self, **overrides: Any) -> None:
-        super().__init__(**overrides)
-        self.encoder = CorrespondenceEncoder(self.build_backbone(4), int(self.config.dim))
-        self.STRIDE = self.encoder.stride
-
-    def encode(self, images: Tensor) -> Tensor:
-        return self.encoder(normalize_lab(rgb_to_lab(images)))
+    # MAST's settings with the rolling memory in place of MAST's fixed long-term frames.
+    DEFAULTS = {
+        **{key: value for key, value in MAST.DEFAULTS.items() if key != "long_term"},
+        "long_term_interval": 5,
+        "long_term_size": 4,
+        "adapt_steps": 10,
+        "adapt_lr": 1e-4,
+    }
 
     def memory(self, t: int) -> list[tuple[int, int]]:
         c = self.config
         return ssvos_memory(t, int(c.long_term_interval), int(c.long_term_size), int(c.recent), int(c.recent_gap),
                             int(c.long_term_gap))
-
-    def reconstruction_loss(self, frames: Tensor, dropped: tuple[int, ...] | None = None) -> Tensor:
-        """MAST's loss on RGB clips B x 3 x 3 x H x W (dropout drawn if ``dropped`` is None)."""
-        c = self.config
-        return mast_clip_loss(self.encoder, frames, dropped, references=c.train_references, target=c.train_target,
-                              radius=c.train_radius, temperature=c.temperature, border=self.BORDER,
-                              long_term_gap=c.long_term_gap, search_radius=c.search_radius, scale=c.loss_scale)
-
-    def losses(self, batch: Mapping[str, Any], step: int = 0) -> dict[str, Tensor]:
-        self.check_batch(batch)
-        frames = self.check_frames(batch["frames"])
-        if frames.shape[1] != len(self.config.train_references) + 1:
-            raise ValueError(f"frames must hold {len(self.config.train_references) + 1} frames per clip, got "
-                             f"{frames.shape[1]}")
-        loss = self.reconstruction_loss(frames, batch.get("dropped_channels"))
-        return {"reconstruction": loss, "loss": loss}
 
     def adapted(self, frames: Tensor, steps: int | None = None) -> SSVOS:
         """A copy of this model after ``steps`` (default ``adapt_steps``) online
