@@ -14,7 +14,9 @@ DESCRIPTION = (
     "names), or 'synthetic'. Writes --out/config.json, checkpoint.pt (every epoch, atomically), log.csv and "
     "log.json; --resume continues from the last checkpoint with the result of an uninterrupted run. Under "
     "torchrun it trains with DistributedDataParallel (gloo on the CPU, NCCL on CUDA), each process taking its "
-    "share of every batch. Unset settings take the method's published recipe.")
+    "share of every batch. Unset settings take the method's published recipe. The second stages (affinitynet, "
+    "irnet) need --cam-run, a trained CAM run on the same classes: its CAMs of the training images give their "
+    "labels, and its backbone their initial weights when the architectures match.")
 
 # The settings --resume reads from the run; a different value on the command line is an error.
 _RUN_SETTINGS = {"method": "method", "epochs": "epochs", "batch_size": "batch_size", "image_size": "image_size",
@@ -33,7 +35,10 @@ def add_arguments(parser) -> None:
                                                        "(default: the method's crop size, else 512)")
     parser.add_argument("--lr", type=float, help="base learning rate (default: the method's published one, "
                                                  "else AdamW at 1e-3)")
-    parser.add_argument("--backbone", help="backbone name, e.g. tiny, resnet50 (default: the method's)")
+    parser.add_argument("--backbone", help="backbone name, e.g. tiny, resnet50 (default: the method's, or for "
+                                           "a second stage the CAM run's)")
+    parser.add_argument("--cam-run", type=Path, help="affinitynet / irnet: the trained CAM run whose CAMs give "
+                                                     "their training labels; with --resume, the run's")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one of the method's DEFAULTS (VALUE as JSON, else a string); repeatable")
     parser.add_argument("--batch-norm", choices=("local", "sync", "frozen"),
@@ -72,6 +77,9 @@ def _resumed_config(args) -> dict:
         clashes.append("--backbone/--set (the run's method is fixed)")
     if clashes:
         raise ValueError(f"--resume continues {args.out} with its own settings; drop {', '.join(clashes)}")
+    if args.cam_run is not None and Path(args.cam_run).resolve() != Path(config.get("cam_run") or "").resolve():
+        raise ValueError(f"--resume: the run's CAM run is {config.get('cam_run')}, not {args.cam_run}; "
+                         f"drop --cam-run")
     if not (args.out / CHECKPOINT).is_file():
         raise FileNotFoundError(f"--resume: {args.out} has no {CHECKPOINT} yet (no epoch finished); "
                                 f"rerun without --resume to start it afresh")
@@ -79,10 +87,10 @@ def _resumed_config(args) -> dict:
 
 
 def run(args) -> int:
-    from wsss_ext.distributed import init_from_env, shutdown
     from wsss_app.pipeline.datasets import open_dataset
     from wsss_app.pipeline.runs import CHECKPOINT
     from wsss_app.pipeline.train_loop import check_trainable, new_run_config, train_run
+    from wsss_ext.distributed import init_from_env, shutdown
 
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
@@ -97,7 +105,13 @@ def run(args) -> int:
         # A config without a checkpoint is a run that never finished an epoch: starting afresh loses nothing.
         if (args.out / CHECKPOINT).exists():
             raise ValueError(f"{args.out} already holds a run; --resume continues it, or choose another --out")
-        check_trainable(args.method)  # before reading any data
+        from wsss_app.pipeline.second_stage import SECOND_STAGE
+
+        second = args.method in SECOND_STAGE
+        if args.cam_run is not None and not second:
+            raise ValueError(f"--cam-run is for the second stages {list(SECOND_STAGE)}, not {args.method!r}")
+        check_trainable(args.method, _extra_keys(args.method) if args.cam_run is not None else (),
+                        hint="pass --cam-run <a trained CAM run> to derive them from its CAMs")  # before any data
         overrides = _parse_sets(args.set)
     rank, world_size, device = init_from_env(args.device)
     try:
@@ -112,17 +126,34 @@ def run(args) -> int:
                       f"{config['images']}: the resumed run will differ from an uninterrupted one", file=sys.stderr)
         else:
             dataset = open_dataset(args.data, args.split, decode=True)
+            extra_config = {}
+            if args.cam_run is not None:
+                from wsss_app.pipeline.second_stage import (
+                    open_cam_run,
+                    second_stage_overrides,
+                )
+
+                _, cam_config = open_cam_run(args.cam_run, dataset)
+                size = args.image_size or check_trainable(args.method, _extra_keys(args.method)).DEFAULTS.get(
+                    "crop_size", 512)
+                overrides = second_stage_overrides(args.method, cam_config, size, overrides,
+                                                   backbone_given=bool(args.backbone))
+                extra_config = {"cam_run": str(Path(args.cam_run).resolve())}
             config = new_run_config(args.method, dataset, epochs=args.epochs, batch_size=args.batch_size,
                                     image_size=args.image_size, lr=args.lr, seed=args.seed or 0,
                                     backbone=args.backbone, batch_norm=args.batch_norm, overrides=overrides,
-                                    world_size=world_size, device=device)
+                                    world_size=world_size, device=device,
+                                    extra_keys=_extra_keys(args.method) if extra_config else (),
+                                    extra_config=extra_config)
         if rank == 0:
             _report_dataset(dataset)
             if world_size > 1 and config["batch_norm"] == "local":
                 print("note: BatchNorm statistics are per process (--batch-norm local); --batch-norm frozen "
                       "(or sync on CUDA) makes the result equal one process's", file=sys.stderr)
+        extras, init = _second_stage(config, dataset, device, rank)
         result = train_run(args.out, config, dataset, resume=args.resume, device=device, rank=rank,
-                           world_size=world_size, workers=args.workers, progress=not args.no_progress)
+                           world_size=world_size, workers=args.workers, progress=not args.no_progress,
+                           extras=extras, init=init)
     finally:
         if world_size > 1:
             shutdown()
@@ -131,6 +162,42 @@ def run(args) -> int:
               + (f", {world_size} processes" if world_size > 1 else "")
               + f"); last epoch's loss {result['loss']:.4f}; run in {args.out}")
     return 0
+
+
+def _extra_keys(method: str) -> tuple[str, ...]:
+    """The batch keys a second stage's CAM run provides."""
+    from python_models import METHODS
+
+    return tuple(name for name in METHODS[method].BATCH_KEYS if name in ("affinity_labels", "ir_labels", "cams"))
+
+
+def _second_stage(config: dict, dataset, device: str, rank: int):
+    """(extras, init) of a run with a ``cam_run``: the CAM run's labels of every
+    training image and the backbone copy; (None, None) for other runs."""
+    if not config.get("cam_run"):
+        return None, None
+    from wsss_app.pipeline.second_stage import (
+        adopt_backbone,
+        cam_run_extras,
+        open_cam_run,
+    )
+    from wsss_app.pipeline.train_loop import resized_images
+
+    cam_method, _ = open_cam_run(config["cam_run"], dataset, device)
+    keys = _extra_keys(config["method"])
+    extras = cam_run_extras(config["method"], cam_method, resized_images(dataset, config["image_size"]),
+                            dataset.tags(), batch_size=config["batch_size"], device=device)
+    extras = {name: value for name, value in extras.items() if name in keys}
+    if rank == 0:
+        print(f"{config['method']} labels of {len(dataset)} images from the CAMs of the CAM run "
+              f"{config['cam_run']}")
+
+    def init(method) -> None:
+        line = adopt_backbone(method, cam_method)
+        if rank == 0:
+            print(line)
+
+    return extras, init
 
 
 def _report_dataset(dataset) -> None:

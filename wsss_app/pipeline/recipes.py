@@ -27,7 +27,7 @@ from python_models import METHODS, create, pseudo, resnet_tiny
 from python_models.losses import reduce_label_map
 from wsss_app.pipeline.training import fit, to_unit
 
-__all__ = ["FROM_CAMS", "FROM_TAGS", "Recipe", "batched", "method_cams", "train_method"]
+__all__ = ["FROM_CAMS", "FROM_TAGS", "Recipe", "batched", "cam_label_extras", "method_cams", "train_method"]
 
 FROM_TAGS = ("cam", "puzzle_cam", "seam", "recurseed", "ssss")
 FROM_CAMS = ("affinitynet", "irnet")
@@ -93,21 +93,40 @@ def train_method(key: str, images: Tensor, tags: Tensor, recipe: Recipe, *, devi
         raise ValueError(f"cams {tuple(cams.shape)} must be N x C x H x W for the {tuple(images.shape)} images "
                          f"and {tuple(tags.shape)} tags")
     backbone = copy.deepcopy(cam_network.backbone)
-
-    def labelled(rule):
-        return batched(lambda c, x, t: rule(c.to(device), to_unit(x.to(device)), t.to(device)), cams, images, tags,
-                       batch_size=recipe.batch_size).cpu()
-
     if key == "affinitynet":
         model = create("affinitynet", backbone=backbone, num_classes=classes, cam_network=None)
+    else:
+        model = create("irnet", backbone=backbone, num_classes=classes, cam_network=None,
+                       crop_size=images.shape[-1], radius=recipe.irnet_radius, freeze_backbone=False)
+    extras = cam_label_extras(key, cams, images, tags, batch_size=recipe.batch_size, device=device)
+    fit(model.to(device), images, tags, extras=extras, **common)
+    return model
+
+
+def cam_label_extras(key: str, cams: Tensor, images: Tensor, tags: Tensor, *, batch_size: int = 16,
+                     device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """The per-image training labels a :data:`FROM_CAMS` method learns from a
+    CAM network's normalised CAMs (N x C x H x W) of N images (uint8, or float
+    in [0, 1]) and their N x C tags, on the CPU: ``affinity_labels``
+    (PSA's rule, :func:`python_models.pseudo.psa_affinity_label_map`) or
+    ``ir_labels`` (IRNet's, :func:`python_models.pseudo.ir_labels` reduced to
+    the ceil(H / 4) x ceil(W / 4) boundary map), and ``cams`` itself. Shared by
+    :func:`train_method` and ``wsss-ext train --cam-run``."""
+    if key not in FROM_CAMS:
+        raise ValueError(f"method {key!r} does not train on a CAM network's labels; those are {FROM_CAMS}")
+    device = torch.device(device)
+
+    def labelled(rule):
+        unit = (lambda x: to_unit(x)) if images.dtype == torch.uint8 else (lambda x: x.float())
+        return batched(lambda c, x, t: rule(c.to(device), unit(x.to(device)), t.to(device)), cams, images, tags,
+                       batch_size=batch_size).cpu()
+
+    if key == "affinitynet":
         extras = {"affinity_labels": labelled(pseudo.psa_affinity_label_map)}
     else:
         size = tuple((s - 1) // 4 + 1 for s in images.shape[-2:])
-        model = create("irnet", backbone=backbone, num_classes=classes, cam_network=None,
-                       crop_size=images.shape[-1], radius=recipe.irnet_radius, freeze_backbone=False)
         extras = {"ir_labels": labelled(lambda c, x, t: reduce_label_map(pseudo.ir_labels(c, x, t), size))}
-    fit(model.to(device), images, tags, extras={**extras, "cams": cams.cpu()}, **common)
-    return model
+    return {**extras, "cams": cams.cpu()}
 
 
 @torch.no_grad()

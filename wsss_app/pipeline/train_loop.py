@@ -12,6 +12,12 @@ the seed: a run resumed after epoch e continues exactly as an uninterrupted
 one (with the model's, optimizer's, schedule's and RNGs' states from the
 checkpoint).
 
+Extra batch keys (``train_run``'s ``extras``: a second stage's labels from
+a CAM run, :mod:`wsss_app.pipeline.second_stage`) are per-image tensors
+indexed like the dataset; a batch takes its images' rows, flipped along the
+last dimension with the flipped images, so they follow the same order,
+shares and resume.
+
 Processes: under ``torchrun`` each of the W processes takes its share
 (every W-th image) of each global batch of ``batch_size`` images, and the
 model is wrapped in DistributedDataParallel through :class:`MethodLosses`
@@ -75,12 +81,13 @@ class MethodLosses(nn.Module):
         return self.method.losses(batch, step)
 
 
-def check_trainable(key: str) -> type:
+def check_trainable(key: str, extra_keys: Iterable[str] = (), hint: str = "") -> type:
     """The class of WSSS method ``key``, if a tagged dataset can train it.
 
     Raises:
         ValueError: an unknown key, a method that is not a WSSS method, or one
-            whose batches need keys beyond images and tags (naming them).
+            whose batches need keys beyond images, tags and ``extra_keys``
+            (naming them, then ``hint``).
     """
     from python_models import METHODS, WSSSMethod
 
@@ -90,23 +97,26 @@ def check_trainable(key: str) -> type:
     cls = METHODS[key]
     if not issubclass(cls, WSSSMethod):
         raise ValueError(f"method {key!r} is not a WSSS method (it yields no CAMs); the WSSS methods are {wsss}")
-    missing = [name for name in cls.BATCH_KEYS if name not in DATA_KEYS]
+    missing = [name for name in cls.BATCH_KEYS if name not in DATA_KEYS and name not in tuple(extra_keys)]
     if missing:
         described = "; ".join(f"{name!r}: {cls.BATCH_KEYS[name]}" for name in missing)
         raise ValueError(f"method {key!r} trains on batches with {missing} ({described}), which a dataset of "
-                         f"images and image-level tags does not provide")
+                         f"images and image-level tags does not provide" + (f"; {hint}" if hint else ""))
     return cls
 
 
 def new_run_config(key: str, dataset: TaggedDataset, *, epochs: int | None = None, batch_size: int | None = None,
                    image_size: int | None = None, lr: float | None = None, seed: int = 0,
                    backbone: str | None = None, batch_norm: str | None = None, overrides: Mapping[str, Any] = (),
-                   world_size: int = 1, device: str = "cpu") -> dict[str, Any]:
+                   world_size: int = 1, device: str = "cpu", extra_keys: Iterable[str] = (),
+                   extra_config: Mapping[str, Any] = ()) -> dict[str, Any]:
     """The config of a new run of method ``key`` on ``dataset``: unset settings
     take the method's published recipe (``max_epochs`` / ``epochs``,
     ``batch_size``, ``crop_size``) or irn's CAM recipe. Builds the method once
-    to check the overrides and resolve its optimizer."""
-    defaults = check_trainable(key).DEFAULTS
+    to check the overrides and resolve its optimizer. ``extra_keys``: the
+    batch keys the caller provides beyond images and tags (``train_run``'s
+    ``extras``); ``extra_config``: more config entries (``cam_run``)."""
+    defaults = check_trainable(key, extra_keys).DEFAULTS
     epochs = _positive("--epochs", epochs, defaults.get("max_epochs", defaults.get("epochs", DEFAULT_EPOCHS)))
     batch_size = _positive("--batch-size", batch_size, defaults.get("batch_size", DEFAULT_BATCH_SIZE))
     image_size = _positive("--image-size", image_size, defaults.get("crop_size", DEFAULT_IMAGE_SIZE))
@@ -121,7 +131,7 @@ def new_run_config(key: str, dataset: TaggedDataset, *, epochs: int | None = Non
     config = {"method": key, "overrides": method_overrides, "classes": list(dataset.classes),
               "data": dataset.root if dataset.root == SYNTHETIC else str(Path(dataset.root).resolve()),
               "split": dataset.split, "images": len(dataset), "image_size": image_size, "epochs": epochs,
-              "batch_size": batch_size, "seed": int(seed), "batch_norm": batch_norm}
+              "batch_size": batch_size, "seed": int(seed), "batch_norm": batch_norm, **dict(extra_config)}
     try:
         method = build_method(config)
     except TypeError as error:  # Method.__init__ names the unknown keyword
@@ -158,6 +168,11 @@ class _Resized(torch.utils.data.Dataset):
         image = F.interpolate(image, size=(self.size, self.size), mode="bilinear", align_corners=False,
                               antialias=True)
         return index, image[0].clamp(0, 1)
+
+
+def resized_images(dataset: TaggedDataset, size: int) -> torch.utils.data.Dataset:
+    """(index, 3 x S x S float image in [0, 1]) of each sample: what the loop trains on, before flips."""
+    return _Resized(dataset, size)
 
 
 def epoch_plan(seed: int, epoch: int, n_images: int, batch_size: int) -> tuple[list[Tensor], Tensor]:
@@ -213,9 +228,17 @@ def _batches(loader: Iterable) -> Iterable:
 
 def train_run(run_dir: str | os.PathLike, config: dict[str, Any], dataset: TaggedDataset, *, resume: bool = False,
               device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1, workers: int = 0,
-              progress: bool = False) -> dict[str, Any]:
+              progress: bool = False, extras: Mapping[str, Tensor] | None = None,
+              init: Any = None) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) the run ``config`` describes on
     ``dataset``, writing ``run_dir``'s files on rank 0; see the module docstring.
+
+    Args:
+        extras: more per-image batch keys (N x ... tensors indexed like the
+            dataset, unflipped): each batch takes its images' rows, and the
+            rows of flipped images flipped along their last dimension.
+        init: ``init(method)`` on a fresh (not resumed) run's method after
+            it is built (a second stage's backbone copy).
 
     Returns:
         ``{"epochs": epochs done, "steps": steps done, "loss": the last epoch's mean loss}``.
@@ -233,6 +256,8 @@ def train_run(run_dir: str | os.PathLike, config: dict[str, Any], dataset: Tagge
 
     torch.manual_seed(seed)  # the same initial weights in every process and every fresh run
     method = build_method(config)
+    if init is not None and not resume:
+        init(method)
     if config["batch_norm"] == "sync" and world_size > 1:
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # same state-dict keys as BatchNorm
     method.to(device)
@@ -261,6 +286,10 @@ def train_run(run_dir: str | os.PathLike, config: dict[str, Any], dataset: Tagge
             find_unused_parameters=True)
     images = _Resized(dataset, config["image_size"])
     tags = dataset.tags()
+    extras = dict(extras or {})
+    for name, value in extras.items():
+        if len(value) != len(dataset):
+            raise ValueError(f"extras[{name!r}] holds {len(value)} items for {len(dataset)} images")
     for epoch in range(first_epoch, epochs):
         batches, flips = epoch_plan(seed, epoch, len(dataset), batch_size)
         shards = [batch[rank::world_size].tolist() for batch in batches]
@@ -271,6 +300,10 @@ def train_run(run_dir: str | os.PathLike, config: dict[str, Any], dataset: Tagge
         for indices, pixels in _batches(bar):
             pixels = torch.where(flips[indices].view(-1, 1, 1, 1), pixels.flip(-1), pixels)
             batch = {"images": pixels.to(device), "labels": tags[indices].to(device)}
+            for name, value in extras.items():
+                rows, flipped = value[indices], flips[indices]
+                rows = torch.where(flipped.view(-1, *[1] * (rows.dim() - 1)), rows.flip(-1), rows)
+                batch[name] = rows.to(device)
             terms = module(batch, step)
             share = len(indices) / batch_size
             loss = terms["loss"] * (share * world_size)  # DDP averages over processes: this makes it the batch mean
