@@ -110,7 +110,9 @@ def run(args) -> int:
         second = args.method in SECOND_STAGE
         if args.cam_run is not None and not second:
             raise ValueError(f"--cam-run is for the second stages {list(SECOND_STAGE)}, not {args.method!r}")
-        check_trainable(args.method, _extra_keys(args.method) if args.cam_run is not None else (),
+        boxed = args.method in _BOX_KEYS
+        check_trainable(args.method, _extra_keys(args.method) if args.cam_run is not None
+                        else _BOX_KEYS.get(args.method, ()),
                         hint="pass --cam-run <a trained CAM run> to derive them from its CAMs")  # before any data
         overrides = _parse_sets(args.set)
     rank, world_size, device = init_from_env(args.device)
@@ -126,6 +128,9 @@ def run(args) -> int:
                       f"{config['images']}: the resumed run will differ from an uninterrupted one", file=sys.stderr)
         else:
             dataset = open_dataset(args.data, args.split, decode=True)
+            if boxed and not dataset.has_boxes:
+                check_trainable(args.method, hint=f"its boxes come from a VOC folder's Annotations (<bndbox>); "
+                                                  f"{dataset.root} has none")
             extra_config = {}
             if args.cam_run is not None:
                 from wsss_app.pipeline.second_stage import (
@@ -143,7 +148,8 @@ def run(args) -> int:
                                     image_size=args.image_size, lr=args.lr, seed=args.seed or 0,
                                     backbone=args.backbone, batch_norm=args.batch_norm, overrides=overrides,
                                     world_size=world_size, device=device,
-                                    extra_keys=_extra_keys(args.method) if extra_config else (),
+                                    extra_keys=_extra_keys(args.method) if extra_config
+                                    else _BOX_KEYS.get(args.method, ()),
                                     extra_config=extra_config)
         if rank == 0:
             _report_dataset(dataset)
@@ -151,9 +157,12 @@ def run(args) -> int:
                 print("note: BatchNorm statistics are per process (--batch-norm local); --batch-norm frozen "
                       "(or sync on CUDA) makes the result equal one process's", file=sys.stderr)
         extras, init = _second_stage(config, dataset, device, rank)
+        flippers = None
+        if config["method"] in _BOX_KEYS:
+            extras, flippers = _box_extras(config, dataset)
         result = train_run(args.out, config, dataset, resume=args.resume, device=device, rank=rank,
                            world_size=world_size, workers=args.workers, progress=not args.no_progress,
-                           extras=extras, init=init)
+                           extras=extras, init=init, flippers=flippers)
     finally:
         if world_size > 1:
             shutdown()
@@ -162,6 +171,29 @@ def run(args) -> int:
               + (f", {world_size} processes" if world_size > 1 else "")
               + f"); last epoch's loss {result['loss']:.4f}; run in {args.out}")
     return 0
+
+
+# Methods trained on boxes (round 1 of Simple Does It: its initial labels of the VOC boxes).
+_BOX_KEYS = {"simple_does_it": ("boxes", "box_classes", "targets")}
+
+
+def _box_extras(config: dict, dataset):
+    """The boxes, their classes and round 1's targets (the method's
+    ``initial_labels``) of every image at the training size, and the flips
+    of the boxes (x0, x1 mirrored; classes unchanged)."""
+    import torch
+
+    from wsss_app.pipeline.runs import build_method
+
+    size = config["image_size"]
+    boxes, classes = dataset.boxes(size)
+    targets = build_method(config).initial_labels(boxes, classes, (size, size))
+
+    def mirror(rows):
+        return torch.stack([size - rows[..., 2], rows[..., 1], size - rows[..., 0], rows[..., 3]], -1)
+
+    return {"boxes": boxes, "box_classes": classes, "targets": targets}, {"boxes": mirror,
+                                                                         "box_classes": lambda rows: rows}
 
 
 def _extra_keys(method: str) -> tuple[str, ...]:

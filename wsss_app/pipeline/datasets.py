@@ -8,7 +8,8 @@
   present, and then the default), the tags from ``Annotations/<id>.xml``
   (every ``<object><name>``, difficult ones included, as irn's
   ``make_cls_labels.py``), masks from ``SegmentationClass/<id>.png`` where
-  present; VOC's 20 classes.
+  present, and each object's ``<bndbox>`` as :attr:`Sample.boxes` (``train
+  --method simple_does_it``); VOC's 20 classes.
 - **A folder of one's own** holding ``tags.csv``: one row per image, the file
   name (relative to the folder) and its class names separated by spaces, or
   by ``;`` when a name holds a space (``dog person`` or ``potted plant;dog``);
@@ -71,6 +72,8 @@ class Sample:
     image: Path | np.ndarray
     tags: tuple[int, ...]
     mask: Path | np.ndarray | None = None
+    # VOC's object boxes: (class column, x0, y0, x1, y1) in the image's pixels, 0-based, exclusive ends.
+    boxes: tuple[tuple[int, float, float, float, float], ...] = ()
 
 
 @dataclass
@@ -102,6 +105,29 @@ class TaggedDataset:
         for row, sample in enumerate(self.samples):
             tags[row, list(sample.tags)] = 1
         return tags
+
+    @property
+    def has_boxes(self) -> bool:
+        return any(sample.boxes for sample in self.samples)
+
+    def boxes(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N x M x 4 float boxes, N x M int64 classes, -1 padding) of every
+        sample, scaled to its image resized to ``size`` x ``size`` (train's)."""
+        most = max(1, max(len(sample.boxes) for sample in self.samples))
+        boxes, classes = torch.zeros(len(self), most, 4), torch.full((len(self), most), -1, dtype=torch.long)
+        for row, sample in enumerate(self.samples):
+            if not sample.boxes:
+                continue
+            if isinstance(sample.image, np.ndarray):
+                height, width = sample.image.shape[:2]
+            else:
+                with open_image(sample.image) as image:
+                    width, height = image.size
+            for column, (class_column, x0, y0, x1, y1) in enumerate(sample.boxes):
+                boxes[row, column] = torch.tensor([x0 * size / width, y0 * size / height, x1 * size / width,
+                                                   y1 * size / height])
+                classes[row, column] = class_column
+        return boxes, classes
 
     def read_image(self, index: int) -> np.ndarray:
         """H x W x 3 uint8 RGB of sample ``index`` (ValueError naming the file if it cannot be read)."""
@@ -221,13 +247,14 @@ def _open_voc(root: Path, split: str | None, classes: Sequence[str] | None) -> T
             continue
         try:
             present = _voc_objects(root / "Annotations" / f"{image_id}.xml")
+            boxes = _voc_boxes(root / "Annotations" / f"{image_id}.xml")
         except ValueError as error:
             dataset.skipped[image.name] = str(error)
             continue
         mask = root / "SegmentationClass" / f"{image_id}.png"
         # VOC's masks number the classes in VOC's order: a run with other classes cannot read them as they are.
         usable = mask.is_file() and dataset.classes == VOC_CLASSES
-        _add(dataset, image_id, image, present, mask if usable else None)
+        _add(dataset, image_id, image, present, mask if usable else None, boxes)
     return dataset
 
 
@@ -241,6 +268,22 @@ def _voc_objects(xml_path: Path) -> list[str]:
     # <name> also appears inside an object's <part> (person layout): only the objects' own names are tags.
     names = [obj.findtext("name", "").strip() for obj in tree.iter("object")]
     return sorted({name for name in names if name})
+
+
+def _voc_boxes(xml_path: Path) -> list[tuple[str, float, float, float, float]]:
+    """(class name, x0, y0, x1, y1) of every object with a ``<bndbox>``: VOC's
+    1-based inclusive xmin..xmax as 0-based exclusive x0 = xmin - 1, x1 = xmax."""
+    boxes = []
+    for obj in ElementTree.parse(xml_path).getroot().iter("object"):
+        name, box = obj.findtext("name", "").strip(), obj.find("bndbox")
+        if not name or box is None:
+            continue
+        try:
+            x0, y0, x1, y1 = (float(box.findtext(key, "")) for key in ("xmin", "ymin", "xmax", "ymax"))
+        except ValueError as error:
+            raise ValueError(f"Annotations/{xml_path.name}: a <bndbox> of {name} is not four numbers") from error
+        boxes.append((name, x0 - 1, y0 - 1, x1, y1))
+    return boxes
 
 
 def _open_tags_folder(root: Path, split: str | None, classes: Sequence[str] | None) -> TaggedDataset:
@@ -285,7 +328,7 @@ def _open_image_folder(root: Path, split: str | None, classes: Sequence[str] | N
 
 
 def _add(dataset: TaggedDataset, name: str, image: Path | np.ndarray, names: Sequence[str],
-         mask: Path | np.ndarray | None) -> None:
+         mask: Path | np.ndarray | None, boxes: Sequence[tuple[str, float, float, float, float]] = ()) -> None:
     """Append a sample unless its image is unreadable or a tag is unknown (then record why)."""
     label = image.name if isinstance(image, Path) else name
     unknown = sorted(set(names) - set(dataset.classes))
@@ -300,7 +343,8 @@ def _add(dataset: TaggedDataset, name: str, image: Path | np.ndarray, names: Seq
             dataset.skipped[label] = problem
             return
     columns = {class_name: column for column, class_name in enumerate(dataset.classes)}
-    dataset.samples.append(Sample(name, image, tuple(sorted(columns[n] for n in set(names))), mask))
+    boxes = tuple((columns[box[0]], *box[1:]) for box in boxes)
+    dataset.samples.append(Sample(name, image, tuple(sorted(columns[n] for n in set(names))), mask, boxes))
 
 
 def _header_problem(path: Path) -> str | None:

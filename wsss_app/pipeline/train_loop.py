@@ -229,7 +229,7 @@ def _batches(loader: Iterable) -> Iterable:
 def train_run(run_dir: str | os.PathLike, config: dict[str, Any], dataset: TaggedDataset, *, resume: bool = False,
               device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1, workers: int = 0,
               progress: bool = False, extras: Mapping[str, Tensor] | None = None,
-              init: Any = None) -> dict[str, Any]:
+              init: Any = None, flippers: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) the run ``config`` describes on
     ``dataset``, writing ``run_dir``'s files on rank 0; see the module docstring.
 
@@ -237,6 +237,8 @@ def train_run(run_dir: str | os.PathLike, config: dict[str, Any], dataset: Tagge
         extras: more per-image batch keys (N x ... tensors indexed like the
             dataset, unflipped): each batch takes its images' rows, and the
             rows of flipped images flipped along their last dimension.
+        flippers: ``name -> fn(rows)``, the mirror image of extras that are
+            not maps (boxes); default ``rows.flip(-1)``.
         init: ``init(method)`` on a fresh (not resumed) run's method after
             it is built (a second stage's backbone copy).
 
@@ -302,7 +304,8 @@ def train_run(run_dir: str | os.PathLike, config: dict[str, Any], dataset: Tagge
             batch = {"images": pixels.to(device), "labels": tags[indices].to(device)}
             for name, value in extras.items():
                 rows, flipped = value[indices], flips[indices]
-                rows = torch.where(flipped.view(-1, *[1] * (rows.dim() - 1)), rows.flip(-1), rows)
+                mirrored = (flippers or {}).get(name, lambda r: r.flip(-1))(rows)
+                rows = torch.where(flipped.view(-1, *[1] * (rows.dim() - 1)), mirrored, rows)
                 batch[name] = rows.to(device)
             terms = module(batch, step)
             share = len(indices) / batch_size
