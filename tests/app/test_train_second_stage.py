@@ -91,6 +91,9 @@ def test_resume_equals_an_uninterrupted_run_without_cam_run_again(folder, cam_ru
     cut = tmp_path / "cut"
     assert load_checkpoint(cut)["epoch"] == 1
     capsys.readouterr()
+    assert cli.main(["train", "--out", str(cut), "--resume", "--cam-run", str(tmp_path), "--no-progress"]) == 2
+    assert f"--resume: the run's CAM run is {cam_run.resolve()}, not {tmp_path}; drop --cam-run" in (
+        capsys.readouterr().err)
     assert cli.main(["train", "--out", str(cut), "--resume", "--no-progress"]) == 0  # the CAM run from its config
     assert "affinitynet labels of 8 images" in capsys.readouterr().out
     whole, resumed = load_checkpoint(tmp_path / "whole")["model"], load_checkpoint(cut)["model"]
