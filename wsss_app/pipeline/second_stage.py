@@ -7,8 +7,8 @@ training image once, at the training size (the images ``train`` feeds, before
 any flip; ``method.cams`` at the run's own published scales and flip, no
 gradient), and :func:`~wsss_app.pipeline.recipes.cam_label_extras` derives
 the method's labels from them by the demo recipes' rules. They reach the
-method as per-image extra batch keys (``affinity_labels`` / ``ir_labels``
-and ``cams``) through ``train_run``'s data path, indexed like the images, so
+method as per-image extra batch keys (``affinity_labels`` / ``ir_labels``;
+``cams`` too where the method's ``BATCH_KEYS`` read them) through ``train_run``'s data path, indexed like the images, so
 every epoch's order, DDP share and resume are the images'. A flipped image
 gets its label maps and CAMs flipped with it (labels derived once, not after
 each flip: the CRF of a mirror image is the mirror of the CRF up to float
