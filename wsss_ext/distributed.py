@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import os
 
-__all__ = ["init_from_env", "shutdown"]
+__all__ = ["gather_objects", "init_from_env", "shutdown"]
 
 
 def init_from_env(device: str) -> tuple[int, int, str]:
@@ -22,6 +22,18 @@ def init_from_env(device: str) -> tuple[int, int, str]:
     if device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def gather_objects(obj: object, world_size: int) -> list:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank;
+    ``[obj]`` outside a job (world_size 1), without touching torch.distributed."""
+    if world_size <= 1:
+        return [obj]
+    import torch.distributed as dist
+
+    gathered = [None] * world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def shutdown() -> None:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from wsss_app.commands._report import report_outputs
+
 NAME = "cams"
 HELP = "a trained run's CAMs of images, one <stem>.npy each (what refine reads)"
 DESCRIPTION = (
@@ -46,10 +48,10 @@ def parse_scales(text: str | None) -> tuple[float, ...] | None:
 
 
 def run(args) -> int:
-    from wsss_ext.distributed import init_from_env, shutdown
-    from wsss_ext.io import prepare_output_dir
     from wsss_app.pipeline.inference import gather_summaries, open_for_run, write_cams
     from wsss_app.pipeline.runs import load_run
+    from wsss_ext.distributed import init_from_env, shutdown
+    from wsss_ext.io import prepare_output_dir
 
     scales = parse_scales(args.scales)
     if args.stride < 1:
@@ -66,14 +68,8 @@ def run(args) -> int:
         if world_size > 1:
             shutdown()
     if rank == 0:
-        report(dataset, summary, f"CAMs of {config['method']}", args.out, world_size)
+        report_outputs(f"CAMs of {config['method']}", args.out, len(summary.written),
+                       {**dataset.skipped, **summary.skipped}, world_size)
         if dataset.layout == "images":
             print(f"{args.images} has no tags: every image has every class's CAM", file=sys.stderr)
     return 0
-
-
-def report(dataset, summary, what: str, out, world_size: int) -> None:
-    """What was written and, by name, what was skipped (the dataset's and the files')."""
-    print(f"wrote {len(summary.written)} {what} to {out}" + (f" ({world_size} processes)" if world_size > 1 else ""))
-    for name, why in sorted({**dataset.skipped, **summary.skipped}.items()):
-        print(f"skipped {name}: {why}", file=sys.stderr)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from wsss_app.commands._report import report_outputs
+
 NAME = "pseudo-labels"
 HELP = "a trained run's pseudo-masks of tagged images (palette PNGs), mIoU if the data has masks"
 DESCRIPTION = (
@@ -26,12 +28,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from wsss_app.pipeline.inference import gather_summaries, open_for_run, write_pseudo_labels
+    from wsss_app.pipeline.runs import load_run
     from wsss_ext.distributed import init_from_env, shutdown
     from wsss_ext.io import prepare_output_dir
     from wsss_ext.metrics import iou_from_confusion, mean_iou
-    from wsss_app.commands.cams import report
-    from wsss_app.pipeline.inference import gather_summaries, open_for_run, write_pseudo_labels
-    from wsss_app.pipeline.runs import load_run
 
     rank, world_size, device = init_from_env(args.device)
     try:
@@ -47,7 +48,8 @@ def run(args) -> int:
         if world_size > 1:
             shutdown()
     if rank == 0:
-        report(dataset, summary, f"pseudo-masks of {config['method']}", args.out, world_size)
+        report_outputs(f"pseudo-masks of {config['method']}", args.out, len(summary.written),
+                       {**dataset.skipped, **summary.skipped}, world_size)
         if summary.confusion is not None and summary.confusion.sum() > 0:
             iou = iou_from_confusion(summary.confusion)
             names = ["background", *config["classes"]]

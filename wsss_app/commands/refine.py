@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from wsss_app.commands._report import report_outputs
 
 NAME = "refine"
 HELP = "refine CAMs into palette PNG masks"
@@ -91,8 +92,8 @@ def walk_of_run(args, device):
 
 
 def run(args) -> int:
-    from wsss_ext.distributed import init_from_env, shutdown
     from wsss_app.pipeline.files import refine_folder
+    from wsss_ext.distributed import gather_objects, init_from_env, shutdown
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -111,19 +112,11 @@ def run(args) -> int:
                                 batch_size=args.batch_size, overlays=args.overlays, rank=rank,
                                 world_size=world_size, progress=not args.no_progress, settings=settings,
                                 walk=walk)
-        summaries = [summary]
-        if world_size > 1:
-            import torch.distributed as dist
-
-            summaries = [None] * world_size
-            dist.all_gather_object(summaries, summary)
+        summaries = gather_objects(summary, world_size)
     finally:
         if world_size > 1:
             shutdown()
     if rank == 0:
-        written = sum(len(s.written) for s in summaries)
-        skipped = {name: why for s in summaries for name, why in s.skipped.items()}
-        print(f"wrote {written} masks to {args.out}" + (f" ({world_size} processes)" if world_size > 1 else ""))
-        for name, why in sorted(skipped.items()):
-            print(f"skipped {name}: {why}", file=sys.stderr)
+        report_outputs("masks", args.out, sum(len(s.written) for s in summaries),
+                       {name: why for s in summaries for name, why in s.skipped.items()}, world_size)
     return 0

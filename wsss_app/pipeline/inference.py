@@ -20,9 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsss_app.pipeline.datasets import TaggedDataset, open_dataset
+from wsss_ext.distributed import gather_objects
 from wsss_ext.io import write_array, write_label_map
 from wsss_ext.metrics import confusion_matrix
-from wsss_app.pipeline.datasets import TaggedDataset, open_dataset
 
 __all__ = ["InferenceSummary", "gather_summaries", "open_for_run", "write_cams", "write_pseudo_labels"]
 
@@ -148,12 +149,8 @@ def gather_summaries(summary: InferenceSummary, world_size: int) -> InferenceSum
     """Every process's summary merged (on every process); the confusion matrices summed."""
     if world_size == 1:
         return summary
-    import torch.distributed as dist
-
-    summaries = [None] * world_size
-    dist.all_gather_object(summaries, summary)
     merged = InferenceSummary()
-    for part in summaries:
+    for part in gather_objects(summary, world_size):
         merged.written += part.written
         merged.skipped.update(part.skipped)
         if part.confusion is not None:

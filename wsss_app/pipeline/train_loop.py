@@ -55,6 +55,7 @@ from wsss_app.pipeline.datasets import SYNTHETIC, TaggedDataset
 from wsss_app.pipeline.optimizers import build_optimizer, optimizer_settings
 from wsss_app.pipeline.runs import (build_method, load_checkpoint, read_log, save_checkpoint, write_config,
                                     write_log)
+from wsss_ext.distributed import gather_objects
 
 __all__ = ["BATCH_NORM_MODES", "DATA_KEYS", "MethodLosses", "check_trainable", "new_run_config", "train_run"]
 
@@ -206,16 +207,6 @@ def _set_rng_state(state: Mapping[str, Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _gather(obj: Any, world_size: int) -> list[Any]:
-    if world_size == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    gathered = [None] * world_size
-    dist.all_gather_object(gathered, obj)
-    return gathered
-
-
 def _batches(loader: Iterable) -> Iterable:
     """The loader's batches; a worker's error comes back as the one-line
     ValueError it raised (torch wraps it in a traceback)."""
@@ -329,7 +320,7 @@ def train_run(run_dir: str | os.PathLike, config: dict[str, Any], dataset: Tagge
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
         epochs_log.append({"epoch": epoch + 1, "steps": step, "seconds": time.perf_counter() - started,
                            **{name: total / len(batches) for name, total in sums.items()}})
-        rngs = _gather(_rng_state(device), world_size)
+        rngs = gather_objects(_rng_state(device), world_size)
         if rank == 0:
             # The log first: a checkpoint never claims an epoch its log lacks.
             write_log(run_dir, steps_log, epochs_log)
