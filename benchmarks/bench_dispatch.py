@@ -129,10 +129,12 @@ def _overhead_records(device: torch.device, quick: bool) -> list[dict]:
             stats, ref_output = measure(_loop(ref_fn, calls), device=device, warmup=2, repeat=7)
             references[ref_name] = _per_call(stats, calls)
             if ref_name == "dispatcher":
-                # Same kernels, same inputs: the two paths must agree exactly.
+                # Same kernels, same inputs: the two paths must agree (exactly, but for Sinkhorn,
+                # whose one-call CPU solve updates the potentials in C++ rather than in torch).
                 outs = output if isinstance(output, tuple) else (output,)
                 ref_outs = ref_output if isinstance(ref_output, tuple) else (ref_output,)
-                assert all(torch.equal(a, b) for a, b in zip(outs, ref_outs))
+                atol = 1e-6 if name == "sinkhorn_knopp" else 0.0
+                assert all(torch.allclose(a, b, rtol=0, atol=atol) for a, b in zip(outs, ref_outs))
         records.append({
             "kernel": KERNEL,
             "case": f"overhead/{name}",

@@ -13,6 +13,7 @@
 
 #include "common/array_view.h"
 #include "common/cuda_device.h"
+#include "common/finite.h"
 #include "common/parallel.h"
 #include "common/philox.h"
 #include "correlation/correlation.h"
@@ -59,7 +60,10 @@ DType dtype_from_typestr(const std::string& typestr, const char* arg) {
   type_error(std::string(arg) + ": unsupported array type string '" + typestr + "'");
 }
 
-ArrayView view_from_torch(py::handle tensor, const char* arg) {
+// The general path for a torch tensor: every property read by name and
+// formatted as torch prints it, so that anything unusual (a sparse layout, an
+// 'mps' or 'meta' tensor, a dtype the kernels do not take) gets its message.
+ArrayView view_from_torch_slow(py::handle tensor, const char* arg) {
   const std::string layout = py::str(tensor.attr("layout"));
   if (layout != "torch.strided")
     type_error(std::string(arg) + ": expected a dense (strided) tensor, got layout " + layout);
@@ -76,6 +80,91 @@ ArrayView view_from_torch(py::handle tensor, const char* arg) {
   view.data = reinterpret_cast<void*>(tensor.attr("data_ptr")().cast<uintptr_t>());
   view.shape = tensor.attr("shape").cast<std::vector<int64_t>>();
   view.strides = tensor.attr("stride")().cast<std::vector<int64_t>>();
+  wsss::check_view(view, arg);
+  return view;
+}
+
+// torch's dtype and layout objects are singletons, so the common case (a
+// strided CPU or CUDA tensor of a supported dtype) compares pointers instead
+// of formatting strings: that took about 2.4 us a tensor, the largest part of
+// a small op's call (benchmarks/bench_dispatch.py). Built once, from the
+// first torch tensor seen, under the GIL; never freed (it must outlive every
+// call, including those made while the interpreter shuts down).
+struct TorchObjects {
+  PyTypeObject* tensor_type = nullptr;
+  PyObject* strided = nullptr;
+  std::vector<std::pair<PyObject*, DType>> dtypes;
+  PyObject *layout_name, *dtype_name, *is_cuda_name, *is_cpu_name, *get_device_name, *data_ptr_name, *shape_name,
+      *stride_name;
+};
+
+const TorchObjects* torch_objects_cache = nullptr;
+
+const TorchObjects* torch_objects() {
+  if (torch_objects_cache != nullptr) return torch_objects_cache;
+  const py::module_ torch = py::module_::import("torch");
+  auto* objects = new TorchObjects;
+  objects->tensor_type = reinterpret_cast<PyTypeObject*>(py::object(torch.attr("Tensor")).release().ptr());
+  objects->strided = py::object(torch.attr("strided")).release().ptr();
+  for (const auto& [name, dtype] : std::initializer_list<std::pair<const char*, DType>>{
+           {"float32", DType::kFloat32}, {"float64", DType::kFloat64}, {"float16", DType::kFloat16},
+           {"bfloat16", DType::kBFloat16}, {"int32", DType::kInt32}, {"int64", DType::kInt64},
+           {"uint8", DType::kUInt8}, {"bool", DType::kBool}})
+    objects->dtypes.emplace_back(py::object(torch.attr(name)).release().ptr(), dtype);
+  for (auto [slot, name] : std::initializer_list<std::pair<PyObject**, const char*>>{
+           {&objects->layout_name, "layout"}, {&objects->dtype_name, "dtype"}, {&objects->is_cuda_name, "is_cuda"},
+           {&objects->is_cpu_name, "is_cpu"}, {&objects->get_device_name, "get_device"},
+           {&objects->data_ptr_name, "data_ptr"}, {&objects->shape_name, "shape"}, {&objects->stride_name, "stride"}})
+    *slot = PyUnicode_InternFromString(name);
+  torch_objects_cache = objects;
+  return objects;
+}
+
+// A tuple of Python ints (torch.Size, stride()) -> int64s; false if it is not one.
+bool int64_tuple(PyObject* tuple, std::vector<int64_t>& out) {
+  if (tuple == nullptr || !PyTuple_Check(tuple)) return false;
+  const Py_ssize_t size = PyTuple_GET_SIZE(tuple);
+  out.resize(static_cast<size_t>(size));
+  for (Py_ssize_t i = 0; i < size; ++i) {
+    int overflow = 0;
+    out[static_cast<size_t>(i)] = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(tuple, i), &overflow);
+    if (overflow != 0 || PyErr_Occurred()) {
+      PyErr_Clear();
+      return false;
+    }
+  }
+  return true;
+}
+
+ArrayView view_from_torch(py::handle tensor, const char* arg) {
+  const TorchObjects& t = *torch_objects();
+  const auto get = [&](PyObject* name) { return py::reinterpret_steal<py::object>(PyObject_GetAttr(tensor.ptr(), name)); };
+  const auto call = [&](PyObject* name) {
+    return py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(tensor.ptr(), name));
+  };
+  ArrayView view;
+  const py::object layout = get(t.layout_name), dtype = get(t.dtype_name);
+  bool known_dtype = false;
+  for (const auto& [object, code] : t.dtypes)
+    if (dtype.ptr() == object) {
+      view.dtype = code;
+      known_dtype = true;
+    }
+  const py::object is_cuda = get(t.is_cuda_name), is_cpu = get(t.is_cpu_name);
+  if (PyErr_Occurred() || layout.ptr() != t.strided || !known_dtype || (is_cuda.ptr() != Py_True && is_cpu.ptr() != Py_True)) {
+    PyErr_Clear();
+    return view_from_torch_slow(tensor, arg);  // an error to report, or an unusual tensor
+  }
+  if (is_cuda.ptr() == Py_True) {
+    view.device = DeviceType::kCUDA;
+    view.device_index = call(t.get_device_name).cast<int>();
+  }
+  const py::object data_ptr = call(t.data_ptr_name), shape = get(t.shape_name), strides = call(t.stride_name);
+  if (data_ptr.ptr() == nullptr || !int64_tuple(shape.ptr(), view.shape) || !int64_tuple(strides.ptr(), view.strides)) {
+    PyErr_Clear();
+    return view_from_torch_slow(tensor, arg);
+  }
+  view.data = reinterpret_cast<void*>(data_ptr.cast<uintptr_t>());
   wsss::check_view(view, arg);
   return view;
 }
@@ -134,6 +223,8 @@ ArrayView view_from_interface(const py::dict& interface, DeviceType device, cons
 
 // Any array-like object -> ArrayView, naming the argument in every error.
 ArrayView to_view(py::handle obj, const char* arg) {
+  if (torch_objects_cache != nullptr && PyObject_TypeCheck(obj.ptr(), torch_objects_cache->tensor_type))
+    return view_from_torch(obj, arg);
   if (py::isinstance<ArrayView>(obj)) return obj.cast<ArrayView>();
   const std::string module = py::str(py::type::handle_of(obj).attr("__module__"));
   if (module.rfind("torch", 0) == 0 && py::hasattr(obj, "data_ptr")) return view_from_torch(obj, arg);
@@ -350,6 +441,16 @@ PYBIND11_MODULE(_C, m) {
       "The counter-based generator every random kernel draws from: four 32-bit words for (counter, key).");
 
   m.def(
+      "all_finite",
+      [](py::handle values) {
+        const ArrayView view = to_view(values, "values");
+        py::gil_scoped_release no_gil;
+        return wsss::all_finite_cpu(view);
+      },
+      py::arg("values"),
+      "Whether every element of a CPU array is finite (no NaN, no inf); integer arrays always are. Any strides.");
+
+  m.def(
       "sinkhorn_num_chunks",
       [](py::handle n_samples, py::handle cuda) {
         return wsss::sinkhorn::num_chunks(int_arg(n_samples, "n_samples", 0), bool_arg(cuda, "cuda"));
@@ -374,6 +475,28 @@ PYBIND11_MODULE(_C, m) {
       py::arg("inv_eps"), py::arg("log_n"), py::arg("update_g"), py::arg("stream") = 0,
       "Log-domain Sinkhorn step on scores [N, K]: if update_g, g[i] = -log_n - LSE_k(scores/eps + f); then "
       "col_max, col_sumexp = the column log-sum-exp statistics of scores/eps + g.");
+
+  m.def(
+      "sinkhorn_solve_workspace",
+      [](py::handle n_samples, py::handle k_count) {
+        return wsss::sinkhorn::solve_workspace_elements(int_arg(n_samples, "n_samples", 0, int64_t(1) << 40),
+                                                        int_arg(k_count, "k_count", 0, int64_t(1) << 40));
+      },
+      py::arg("n_samples"), py::arg("k_count"), "Elements of the 1-D workspace sinkhorn_solve needs.");
+
+  m.def(
+      "sinkhorn_solve",
+      [](py::handle scores, py::handle codes, py::handle workspace, py::handle inv_eps, py::handle n_iters) {
+        const wsss::sinkhorn::SolveArgs args{to_view(scores, "scores"), to_view(codes, "codes"),
+                                             to_view(workspace, "workspace"), real_arg(inv_eps, "inv_eps"),
+                                             int_arg(n_iters, "n_iters", 0, 100000)};
+        py::gil_scoped_release no_gil;
+        return wsss::sinkhorn::solve(args);
+      },
+      py::arg("scores"), py::arg("codes"), py::arg("workspace"), py::arg("inv_eps"), py::arg("n_iters"),
+      "The fixed-iteration Sinkhorn solve of one process on the CPU, in one call: codes[i, k] as sinkhorn_codes "
+      "gives after n_iters steps. Returns whether the first column statistics (the codes if n_iters = 0) are "
+      "finite.");
 
   m.def(
       "sinkhorn_codes",

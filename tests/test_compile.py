@@ -295,21 +295,21 @@ def test_custom_ops_still_pass_opcheck_through_the_dispatcher():
     torch.library.opcheck(torch.ops.wsss_ext.correlation.default, (a, b, [1, 1, 3, 3, 1, 1, 0, 0, 1, 1, 1, 1]))
 
 
-def test_fast_path_is_taken_only_in_plain_eager_calls():
-    from wsss_ext.ops._checks import _plain_eager
+def test_fast_path_is_taken_only_inplain_eager_calls():
+    from wsss_ext.ops._checks import plain_eager
 
     x = torch.randn(3)
-    assert _plain_eager((x,), differentiable=True)
-    assert not _plain_eager((x.requires_grad_(),), differentiable=True)
-    assert _plain_eager((x,), differentiable=False)
+    assert plain_eager((x,), differentiable=True)
+    assert not plain_eager((x.requires_grad_(),), differentiable=True)
+    assert plain_eager((x,), differentiable=False)
     with torch.no_grad():
-        assert _plain_eager((x,), differentiable=True)
+        assert plain_eager((x,), differentiable=True)
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
-        assert not _plain_eager((torch.empty(3),), differentiable=False)
+        assert not plain_eager((torch.empty(3),), differentiable=False)
     with torch.profiler.profile():
-        assert not _plain_eager((torch.empty(3),), differentiable=False)
+        assert not plain_eager((torch.empty(3),), differentiable=False)
 
 
 # ---------------------------------------------------------------------------

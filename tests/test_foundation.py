@@ -59,6 +59,42 @@ def test_view_rejects_what_is_not_an_array():
         lowlevel.ArrayView(np.zeros(2, dtype=">f4"))  # big-endian
 
 
+def test_view_of_unusual_tensors_takes_the_general_path():
+    # The fast path compares torch's dtype / layout singletons; anything else is named as before.
+    param = torch.nn.Parameter(torch.zeros(3, 4))
+    assert lowlevel.ArrayView(param).shape == [3, 4]
+    assert lowlevel.ArrayView(torch.zeros(2, 3, 4).permute(2, 0, 1)).strides == [1, 12, 4]
+    assert lowlevel.ArrayView(torch.zeros(())).shape == []
+    with pytest.raises(TypeError, match="expected a dense \\(strided\\) tensor, got layout torch.sparse_coo"):
+        lowlevel.ArrayView(torch.zeros(3).to_sparse())
+    with pytest.raises(ValueError, match="tensors on 'meta' are not supported"):
+        lowlevel.ArrayView(torch.zeros(3, device="meta"))
+
+
+# --- all_finite: the eager CPU input check -------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided", "scalar"])
+def test_all_finite_equals_torch_isfinite(dtype, bad, layout):
+    values = torch.rand(5, 7, 3).to(dtype)
+    if bad is not None:
+        values[3, 4, 1] = bad
+    values = {"contiguous": values, "transposed": values.transpose(0, 2), "strided": values[:, 1::2],
+              "scalar": values[3, 4, 1]}[layout]
+    assert lowlevel.all_finite(values) == bool(torch.isfinite(values).all())
+
+
+def test_all_finite_of_large_integer_and_empty_arrays():
+    big = torch.rand(3, 1 << 19)  # above the threshold where the scan is split across threads
+    assert lowlevel.all_finite(big)
+    big[2, -1] = float("nan")
+    assert not lowlevel.all_finite(big)
+    assert lowlevel.all_finite(torch.arange(5)) and lowlevel.all_finite(torch.empty(0))
+    assert lowlevel.all_finite(np.array([1.0, 2.0])) and not lowlevel.all_finite(np.array([np.inf]))
+
+
 # --- The C++ safety net: checks that hold even when Python is bypassed -------
 
 

@@ -255,6 +255,59 @@ def test_custom_ops_pass_opcheck():
     torch.library.opcheck(torch.ops.wsss_ext.sinkhorn_codes.default, (scores, f, 20.0))
 
 
+# --- the one-call CPU solve (plain eager calls) --------------------------------
+
+
+def _through_the_custom_ops(fn):
+    """fn() with the fast path off: the loop of custom ops that traced, profiled and CUDA calls take."""
+    from wsss_ext.ops import _checks
+
+    _checks._FAST_PATH = False
+    try:
+        return fn()
+    finally:
+        _checks._FAST_PATH = True
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-6), (torch.float16, 1e-6)])
+@pytest.mark.parametrize("n, k", [(1, 1), (3, 2), (17, 300), (1000, 7)])
+@pytest.mark.parametrize("n_iters", [0, 1, 3, 7])
+def test_one_call_solve_equals_the_custom_op_loop(dtype, atol, n, k, n_iters):
+    scores = cosine_scores(n, k, dtype=dtype)
+    fused = wsss_ext.sinkhorn_knopp(scores, n_iters=n_iters)
+    looped = _through_the_custom_ops(lambda: wsss_ext.sinkhorn_knopp(scores, n_iters=n_iters))
+    assert fused.dtype == looped.dtype
+    torch.testing.assert_close(fused, looped, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("n_iters", [0, 3])
+def test_one_call_solve_refuses_non_finite_scores_unless_checks_are_off(n_iters):
+    scores = cosine_scores(9, 4, dtype=torch.float32)
+    scores[4, 2] = float("nan")
+    with pytest.raises(ValueError, match="scores contain NaN or inf"):
+        wsss_ext.sinkhorn_knopp(scores, n_iters=n_iters)
+    with wsss_ext.check_finite("off"):
+        assert wsss_ext.sinkhorn_knopp(scores, n_iters=n_iters).isnan().any()
+
+
+def test_one_call_solve_checks_its_arrays():
+    from wsss_ext import lowlevel
+
+    scores = cosine_scores(10, 4, dtype=torch.float32)
+    codes = torch.empty(10, 4)
+    size = lowlevel.sinkhorn_solve_workspace(10, 4)
+    with pytest.raises(ValueError, match="workspace"):
+        lowlevel.sinkhorn_solve(scores, codes, torch.empty(size - 1), 20.0, 3)
+    with pytest.raises(ValueError, match="workspace"):
+        lowlevel.sinkhorn_solve(scores, codes, torch.empty(size, dtype=torch.float64), 20.0, 3)
+    with pytest.raises(ValueError, match="codes"):
+        lowlevel.sinkhorn_solve(scores, scores, torch.empty(size), 20.0, 3)
+    with pytest.raises(ValueError, match="n_iters"):
+        lowlevel.sinkhorn_solve(scores, codes, torch.empty(size), 20.0, -1)
+    with pytest.raises(ValueError, match="inv_eps"):
+        lowlevel.sinkhorn_solve(scores, codes, torch.empty(size), float("nan"), 3)
+
+
 # --- CUDA against CPU ---------------------------------------------------------
 
 

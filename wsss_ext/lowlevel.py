@@ -5,7 +5,8 @@ numpy arrays, cupy arrays or anything with ``__array_interface__`` /
 ``__cuda_array_interface__``), writes its outputs into arrays the caller
 allocated, and returns nothing, or a size the caller needs to allocate the
 next buffers (``dense_crf_build_vertices``: the lattice's vertex count; see
-``wsss_ext/ops/dense_crf.py`` for the lattice's buffers). Arguments are checked in C++ (dtype, shape,
+``wsss_ext/ops/dense_crf.py`` for the lattice's buffers), or a flag
+(``all_finite``; ``sinkhorn_solve``: whether the scores were finite). Arguments are checked in C++ (dtype, shape,
 device, contiguity, writability) and errors are raised as ``ValueError`` /
 ``TypeError`` naming the argument; no allocation happens inside.
 
@@ -28,10 +29,18 @@ Example, Sinkhorn codes from numpy with one balancing step::
     >>> lowlevel.sinkhorn_codes(scores, f, codes, inv_eps=20.0)
     >>> bool(np.allclose(codes.sum(1), 1.0, atol=1e-5))
     True
+
+The same in one call on the CPU (SwAV's three iterations here), its scratch
+in one workspace::
+
+    >>> workspace = np.empty(lowlevel.sinkhorn_solve_workspace(n, k), np.float32)
+    >>> lowlevel.sinkhorn_solve(scores, codes, workspace, inv_eps=20.0, n_iters=3)
+    True
 """
 
 from wsss_ext._C import (
     ArrayView,
+    all_finite,
     correlation_backward,
     correlation_forward,
     dense_crf_build_vertices,
@@ -51,11 +60,14 @@ from wsss_ext._C import (
     random_walk_weight_grad,
     sinkhorn_codes,
     sinkhorn_num_chunks,
+    sinkhorn_solve,
+    sinkhorn_solve_workspace,
     sinkhorn_step,
 )
 
 __all__ = [
     "ArrayView",
+    "all_finite",
     "correlation_backward",
     "correlation_forward",
     "dense_crf_build_vertices",
@@ -75,5 +87,7 @@ __all__ = [
     "random_walk_weight_grad",
     "sinkhorn_codes",
     "sinkhorn_num_chunks",
+    "sinkhorn_solve",
+    "sinkhorn_solve_workspace",
     "sinkhorn_step",
 ]

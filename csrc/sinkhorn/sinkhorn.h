@@ -63,9 +63,29 @@ struct CodesArgs {
   double inv_eps = 1.0;
 };
 
+// The whole fixed-iteration solve of one process in one call, on the CPU:
+// the steps above with the prototype update f_k = -log K - LSE_i(z_ik + g_i)
+// done here instead of by three small torch ops per iteration in Python,
+// which cost more than the kernels themselves on SwAV-sized batches. The
+// first iteration balances prototypes from g = 0, as SwAV does. `workspace`
+// holds f, g, the partials, col_max and col_sumexp (solve_workspace_elements).
+struct SolveArgs {
+  ArrayView scores, codes, workspace;
+  double inv_eps = 1.0;
+  int64_t n_iters = 3;
+};
+
+inline int64_t solve_workspace_elements(int64_t n_samples, int64_t k_count) {
+  return n_samples + (2 * num_chunks(n_samples, false) + 3) * k_count;
+}
+
 // Entry points: check every argument, then run on the scores' device.
 void step(const StepArgs& args, uintptr_t stream);
 void codes(const CodesArgs& args, uintptr_t stream);
+// Returns whether the first column statistics (or, for n_iters = 0, the
+// codes) are finite: a NaN or inf score makes them NaN, so the caller can
+// refuse such scores without another pass over them.
+bool solve(const SolveArgs& args);
 
 void step_cpu(const StepArgs& args);
 void codes_cpu(const CodesArgs& args);

@@ -34,6 +34,8 @@ from wsss_ext.ops._checks import (
     check_tensor,
     cuda_stream,
     fast_custom_op,
+    get_check_finite,
+    plain_eager,
     refuse_under_compile,
     require_finite,
     vmap_by_loop,
@@ -230,6 +232,8 @@ def sinkhorn_knopp(
     scores = scores.detach().contiguous()
     dtype = _compute_dtype(scores)
     inv_eps = 1.0 / epsilon
+    if tol is None and process_group is None and not scores.is_cuda and plain_eager((scores,)):
+        return _solve_on_cpu(scores, dtype, inv_eps, n_iters, epsilon)
     log_k = math.log(k)
     log_n = math.log(_global_count(n, scores.device, process_group))
     f = torch.zeros(k, dtype=dtype, device=scores.device)
@@ -281,6 +285,21 @@ def sinkhorn_knopp(
     return codes
 
 
+def _solve_on_cpu(scores: Tensor, dtype: torch.dtype, inv_eps: float, n_iters: int, epsilon: float) -> Tensor:
+    """The loop above in one C++ call (plain eager CPU calls with a fixed
+    n_iters, one process): the same steps with the prototype update done in
+    C++, which saves the three small torch ops per iteration that cost more
+    than the kernels on SwAV-sized batches (benchmarks/bench_dispatch.py).
+    Traced, profiled and CUDA calls take the loop of custom ops."""
+    n, k = scores.shape
+    codes = torch.empty((n, k), dtype=dtype)
+    workspace = torch.empty(_C.sinkhorn_solve_workspace(n, k), dtype=dtype)
+    finite = _C.sinkhorn_solve(scores, codes, workspace, inv_eps, n_iters)
+    if not finite and get_check_finite() != "off":
+        raise ValueError(_non_finite_message(epsilon))
+    return codes
+
+
 def _check_process_group(group: object) -> None:
     if group is None:
         return
@@ -299,8 +318,9 @@ def _require_finite_scores(derived: Tensor, epsilon: float) -> None:
     without another pass over them. No host sync on CUDA (see
     :func:`wsss_ext.set_check_finite`).
     """
-    require_finite(
-        derived,
-        f"scores contain NaN or inf (or values that overflow when divided by epsilon={epsilon}); "
-        "sinkhorn_knopp needs finite scores",
-    )
+    require_finite(derived, _non_finite_message(epsilon))
+
+
+def _non_finite_message(epsilon: float) -> str:
+    return (f"scores contain NaN or inf (or values that overflow when divided by epsilon={epsilon}); "
+            "sinkhorn_knopp needs finite scores")
