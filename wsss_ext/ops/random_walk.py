@@ -114,11 +114,23 @@ def _device_offsets(radius: int, device: torch.device, dtype: torch.dtype = torc
 
 
 def _valid_taps(radius: int, height: int, width: int, device: torch.device) -> Tensor:
-    """[T, H, W] bool: does tap t of pixel (y, x) fall inside the map?"""
+    """[T, H, W] bool: does tap t of pixel (y, x) fall inside the map?
+    Cached per shape in eager calls (a training loop repeats one shape; it
+    cost four small torch ops a call), built in the graph under compile."""
+    if torch.compiler.is_compiling():
+        return _build_valid_taps(radius, height, width, device)
+    return _cached_valid_taps(radius, height, width, device)
+
+
+def _build_valid_taps(radius: int, height: int, width: int, device: torch.device) -> Tensor:
     offsets = _device_offsets(radius, device)
     rows = torch.arange(height, device=device).view(1, height, 1) + offsets[:, 0].view(-1, 1, 1)
     cols = torch.arange(width, device=device).view(1, 1, width) + offsets[:, 1].view(-1, 1, 1)
     return (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+
+
+# A few shapes at a time (69 x 94 x 125 bools, 0.8 MB, at IRNet's size).
+_cached_valid_taps = functools.lru_cache(maxsize=16)(_build_valid_taps)
 
 
 def _shift_reader(x: Tensor, radius: int, fill: float):
