@@ -23,7 +23,13 @@ from python_models.pseudo.boxes import (
     DEEPLAB_LARGEFOV_CRF,
     refine_box_labels,
 )
-from python_models.pseudo.cams import cams_to_labels, multiscale_cams, normalize_cams, synthetic_cams
+from python_models.pseudo.cams import (
+    cams_to_labels,
+    localisation_cues,
+    multiscale_cams,
+    normalize_cams,
+    synthetic_cams,
+)
 from python_models.pseudo.clustering import (
     deepcluster_labels,
     kmeans,
@@ -122,6 +128,7 @@ __all__ = [
     "IRNET_CRF",
     "keep_attention_mass",
     "kmeans",
+    "localisation_cues",
     "multiscale_cams",
     "normalize_cams",
     "normalized_entropy",

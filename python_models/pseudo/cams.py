@@ -13,7 +13,7 @@ from torch import Tensor
 
 from python_models._checks import check_real
 
-__all__ = ["cams_to_labels", "multiscale_cams", "normalize_cams", "synthetic_cams"]
+__all__ = ["cams_to_labels", "localisation_cues", "multiscale_cams", "normalize_cams", "synthetic_cams"]
 
 
 def normalize_cams(cams: Tensor, labels: Tensor | None = None, eps: float = 1e-5) -> Tensor:
@@ -72,6 +72,52 @@ def cams_to_labels(cams: Tensor, labels: Tensor, bg_threshold: float) -> Tensor:
     scores = cams * labels.to(cams.dtype)[..., None, None]
     background = torch.full_like(scores[:, :1], check_real(bg_threshold, "bg_threshold"))
     return torch.cat([background, scores], 1).argmax(1)
+
+
+def localisation_cues(cams: Tensor, labels: Tensor, fg_fraction: float = 0.2, bg_threshold: float = 0.05,
+                      ignore_index: int = 255) -> Tensor:
+    """SEC's / DSRG's seeds from a classification network's CAMs: B x H x W int64.
+
+    Foreground cues are the pixels where a tagged class's CAM reaches
+    ``fg_fraction`` of its maximum (SEC section 3.3: 20 % of the maximum
+    score; the class with the highest normalised score where cues overlap).
+    The papers take the background cues from a saliency model (SEC: the
+    saliency of Jiang et al.; DSRG: DRFI), which this library does not
+    compute; here the background is where every tagged CAM is below
+    ``bg_threshold`` of its maximum (IRNet's background threshold, 0.05),
+    a CAM-only stand-in. Every other pixel is ``ignore_index`` (no cue).
+
+    Args:
+        cams: B x C x H x W CAMs (non-negative; normalised or not: each is
+            divided by its maximum here). labels: B x C tags.
+        fg_fraction: foreground threshold, in (0, 1]. bg_threshold: background
+            threshold, in [0, fg_fraction).
+
+    Returns:
+        0 background, c + 1 for tag column c, ``ignore_index`` no cue.
+
+    Example:
+        >>> import torch
+        >>> cams = torch.tensor([[[[1.0, 0.5, 0.1, 0.0]]]])
+        >>> localisation_cues(cams, torch.ones(1, 1))
+        tensor([[[  1,   1, 255,   0]]])
+    """
+    fg_fraction = check_real(fg_fraction, "fg_fraction", positive=True)
+    bg_threshold = check_real(bg_threshold, "bg_threshold")
+    if fg_fraction > 1 or not 0 <= bg_threshold < fg_fraction:
+        raise ValueError(f"need 0 <= bg_threshold < fg_fraction <= 1, got bg_threshold={bg_threshold}, "
+                         f"fg_fraction={fg_fraction}")
+    if cams.dim() != 4 or labels.shape != cams.shape[:2]:
+        raise ValueError(f"cams must be B x C x H x W and labels B x C, got {tuple(cams.shape)} and "
+                         f"{tuple(labels.shape)}")
+    scores = F.relu(cams) * labels.to(cams.dtype)[..., None, None]
+    peak = scores.flatten(2).amax(2)[..., None, None]
+    shares = torch.where(peak > 0, scores / peak.clamp_min(torch.finfo(scores.dtype).tiny), torch.zeros_like(scores))
+    best, best_class = shares.max(1)
+    seeds = torch.full_like(best_class, ignore_index)
+    seeds = torch.where(best >= fg_fraction, best_class + 1, seeds)
+    untagged = ~labels.bool().any(1)[:, None, None]  # no class to cue: all background
+    return torch.where((best < bg_threshold) | untagged, torch.zeros_like(seeds), seeds)
 
 
 def synthetic_cams(masks: Tensor, labels: Tensor, blur: int = 5) -> Tensor:

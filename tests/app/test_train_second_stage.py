@@ -1,6 +1,7 @@
 """``wsss-ext train --cam-run``: IRNet and AffinityNet trained on the labels of a
-trained CAM run's CAMs, loadable, walked by ``refine --run``, resumable; and
-the clear errors (no --cam-run, classes that differ)."""
+trained CAM run's CAMs, loadable, walked by ``refine --run``, resumable; SEC
+and DSRG on its localisation cues; and the clear errors (no --cam-run,
+classes that differ)."""
 
 import json
 import os
@@ -63,6 +64,50 @@ def test_a_second_stage_trains_on_the_cam_run_and_refine_walks_it(method, extra,
                      "--run", str(run), "--chain", "rw", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert f"random walk: {walk}" in out and "wrote 8 masks" in out
+
+
+@pytest.mark.parametrize("method", ["sec", "dsrg"])
+def test_sec_and_dsrg_train_on_the_cam_runs_localisation_cues(method, folder, cam_run, tmp_path, capsys,
+                                                              monkeypatch):
+    from python_models import METHODS
+    from python_models.pseudo import localisation_cues, normalize_cams
+
+    seen = []
+    method_class = METHODS[method]
+    losses = method_class.losses
+
+    def spy(self, batch, step=0):
+        seen.append(batch["seeds"].clone())
+        return losses(self, batch, step)
+
+    monkeypatch.setattr(method_class, "losses", spy)
+    run = tmp_path / method
+    assert _train(folder, run, "--method", method, "--backbone", "tiny", "--cam-run", str(cam_run),
+                  "--epochs", "1") == 0
+    out = capsys.readouterr().out
+    assert f"{method} labels of 8 images from the CAMs of the CAM run" in out
+    assert f"trained {method} for 1 epochs (2 steps)" in out
+    model, config = load_run(run)
+    assert type(model).KEY == method and "cam_network" not in config["overrides"]
+    # The seeds it trained on: SEC's rule on the CAM run's CAMs of the training images, sampled at the cell
+    # centres of the network's 5 x 5 output (each batch image possibly mirrored with its seeds).
+    from wsss_app.pipeline.datasets import open_dataset
+    from wsss_app.pipeline.train_loop import resized_images
+
+    dataset = open_dataset(folder, decode=True)
+    images = resized_images(dataset, 32)
+    pixels = torch.stack([images[i][1] for i in range(len(images))])
+    cam_model, _ = load_run(cam_run)
+    with torch.no_grad():
+        cues = localisation_cues(cam_model.cams(pixels, dataset.tags()), dataset.tags())
+    centres = torch.tensor([3, 9, 16, 22, 28])  # nearest-exact: floor((i + 0.5) * 32 / 5)
+    expected = cues[:, centres][:, :, centres]
+    assert len(seen) == 2 and all(s.shape == (4, 5, 5) for s in seen)
+    for seeds in torch.cat(seen):
+        assert any(torch.equal(seeds, e) or torch.equal(seeds, e.flip(-1)) for e in expected)
+    assert torch.cat(seen).unique().tolist() != [255]  # cues, not an all-ignore map
+    cams = normalize_cams(torch.tensor([[[[0.9, 0.3], [0.1, 0.01]]]]) * 5)
+    assert localisation_cues(cams, torch.ones(1, 1)).tolist() == [[[1, 1], [255, 0]]]
 
 
 def test_a_frozen_backbone_stays_the_cam_networks(folder, cam_run, tmp_path, capsys):

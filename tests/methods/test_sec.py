@@ -269,3 +269,52 @@ def test_loss_falls_over_20_steps():
     batch = model.example_batch()
     values = train_losses(model, batch)
     assert values[-1] < 0.8 * values[0]
+
+
+# --- localisation cues from a CAM network (wsss-ext train --method sec --cam-run) -----------------------
+
+
+def _cues_oracle(cams, labels, fg_fraction, bg_threshold, ignore_index=255):
+    """Pixel by pixel, from the rule as written: the best tagged class at >= fg_fraction of its max, else
+    background where every tagged CAM is below bg_threshold of its max, else no cue."""
+    batch, classes, height, width = cams.shape
+    out = torch.full((batch, height, width), ignore_index, dtype=torch.int64)
+    for b in range(batch):
+        tagged = [c for c in range(classes) if labels[b, c]]
+        peak = {c: float(cams[b, c].max()) for c in tagged}
+        for y in range(height):
+            for x in range(width):
+                shares = {c: float(cams[b, c, y, x]) / peak[c] if peak[c] > 0 else 0.0 for c in tagged}
+                best = max(shares, key=shares.get) if shares else None
+                if best is not None and shares[best] >= fg_fraction:
+                    out[b, y, x] = best + 1
+                elif all(v < bg_threshold for v in shares.values()):
+                    out[b, y, x] = 0
+    return out
+
+
+@pytest.mark.parametrize("fg_fraction, bg_threshold", [(0.2, 0.05), (0.5, 0.3), (1.0, 0.0)])
+def test_localisation_cues_match_the_rule_pixel_by_pixel(fg_fraction, bg_threshold):
+    from python_models.pseudo import localisation_cues, normalize_cams
+
+    g = torch.Generator().manual_seed(3)
+    labels = torch.tensor([[1, 0, 1], [0, 1, 0], [0, 0, 0]])
+    cams = normalize_cams(torch.rand(3, 3, 6, 7, generator=g) ** 3, labels)
+    cues = localisation_cues(cams, labels, fg_fraction, bg_threshold)
+    torch.testing.assert_close(cues, _cues_oracle(cams, labels, fg_fraction, bg_threshold), rtol=0, atol=0)
+    present = torch.cat([torch.ones(3, 1, dtype=torch.bool), labels.bool()], 1)  # background always allowed
+    for b in range(3):  # never a class outside the tags; an untagged image is all background
+        assert all(v == 255 or present[b, v] for v in cues[b].unique().tolist())
+    assert cues[2].eq(0).all()
+
+
+def test_localisation_cues_refuse_bad_thresholds_and_shapes():
+    from python_models.pseudo import localisation_cues
+
+    cams, labels = torch.rand(1, 2, 4, 4), torch.ones(1, 2)
+    with pytest.raises(ValueError, match="bg_threshold < fg_fraction"):
+        localisation_cues(cams, labels, fg_fraction=0.2, bg_threshold=0.2)
+    with pytest.raises(ValueError, match="fg_fraction"):
+        localisation_cues(cams, labels, fg_fraction=1.5)
+    with pytest.raises(ValueError, match="labels B x C"):
+        localisation_cues(cams, torch.ones(1, 3))

@@ -15,8 +15,10 @@ DESCRIPTION = (
     "log.json; --resume continues from the last checkpoint with the result of an uninterrupted run. Under "
     "torchrun it trains with DistributedDataParallel (gloo on the CPU, NCCL on CUDA), each process taking its "
     "share of every batch. Unset settings take the method's published recipe. The second stages (affinitynet, "
-    "irnet) need --cam-run, a trained CAM run on the same classes: its CAMs of the training images give their "
-    "labels, and its backbone their initial weights when the architectures match.")
+    "irnet, sec, dsrg) need --cam-run, a trained CAM run on the same classes: its CAMs of the training images "
+    "give their labels (sec / dsrg: localisation cues, the background where every CAM is low instead of the "
+    "papers' saliency), and for affinitynet / irnet its backbone their initial weights when the architectures "
+    "match.")
 
 # The settings --resume reads from the run; a different value on the command line is an error.
 _RUN_SETTINGS = {"method": "method", "epochs": "epochs", "batch_size": "batch_size", "image_size": "image_size",
@@ -37,8 +39,8 @@ def add_arguments(parser) -> None:
                                                  "else AdamW at 1e-3)")
     parser.add_argument("--backbone", help="backbone name, e.g. tiny, resnet50 (default: the method's, or for "
                                            "a second stage the CAM run's)")
-    parser.add_argument("--cam-run", type=Path, help="affinitynet / irnet: the trained CAM run whose CAMs give "
-                                                     "their training labels; with --resume, the run's")
+    parser.add_argument("--cam-run", type=Path, help="affinitynet / irnet / sec / dsrg: the trained CAM run whose "
+                                                     "CAMs give their training labels; with --resume, the run's")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one of the method's DEFAULTS (VALUE as JSON, else a string); repeatable")
     parser.add_argument("--batch-norm", choices=("local", "sync", "frozen"),
@@ -200,7 +202,8 @@ def _extra_keys(method: str) -> tuple[str, ...]:
     """The batch keys a second stage's CAM run provides."""
     from python_models import METHODS
 
-    return tuple(name for name in METHODS[method].BATCH_KEYS if name in ("affinity_labels", "ir_labels", "cams"))
+    return tuple(name for name in METHODS[method].BATCH_KEYS
+                 if name in ("affinity_labels", "ir_labels", "seeds", "cams"))
 
 
 def _second_stage(config: dict, dataset, device: str, rank: int):
@@ -209,6 +212,7 @@ def _second_stage(config: dict, dataset, device: str, rank: int):
     if not config.get("cam_run"):
         return None, None
     from wsss_app.pipeline.second_stage import (
+        SEEDED,
         adopt_backbone,
         cam_run_extras,
         open_cam_run,
@@ -217,8 +221,13 @@ def _second_stage(config: dict, dataset, device: str, rank: int):
 
     cam_method, _ = open_cam_run(config["cam_run"], dataset, device)
     keys = _extra_keys(config["method"])
+    map_size = None
+    if config["method"] in SEEDED:  # seeds at the network's output size
+        from wsss_app.pipeline.runs import build_method
+
+        map_size = build_method(config).map_size(config["image_size"], config["image_size"])
     extras = cam_run_extras(config["method"], cam_method, resized_images(dataset, config["image_size"]),
-                            dataset.tags(), batch_size=config["batch_size"], device=device)
+                            dataset.tags(), batch_size=config["batch_size"], device=device, map_size=map_size)
     extras = {name: value for name, value in extras.items() if name in keys}
     if rank == 0:
         print(f"{config['method']} labels of {len(dataset)} images from the CAMs of the CAM run "

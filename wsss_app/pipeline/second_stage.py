@@ -1,6 +1,15 @@
 """``wsss-ext train --cam-run``: the second stage of a two-stage method
-(:data:`~wsss_app.pipeline.recipes.FROM_CAMS`: ``affinitynet``, ``irnet``)
-trained on the labels a trained first-stage CAM run's CAMs give.
+(:data:`SECOND_STAGE`: ``affinitynet``, ``irnet``, and SEC's and DSRG's
+segmentation networks) trained on the labels a trained first-stage CAM run's
+CAMs give.
+
+SEC and DSRG (:data:`SEEDED`) learn from localisation cues
+(:func:`python_models.pseudo.localisation_cues`: 20 % of each class's CAM
+maximum for the foreground; for the background, where the papers use a
+saliency model this library does not have, every tagged CAM below 0.05),
+sampled at the network's output size (``seeds``). They keep their own
+backbones (VGG-16 LargeFOV, DeepLab-ASPP), initialised as the method builds
+them.
 
 Before training, the CAM run's method computes the normalised CAMs of every
 training image once, at the training size (the images ``train`` feeds, before
@@ -33,9 +42,11 @@ from torch import Tensor, nn
 
 from wsss_app.pipeline.datasets import TaggedDataset
 
-__all__ = ["SECOND_STAGE", "adopt_backbone", "cam_run_extras", "open_cam_run", "second_stage_overrides"]
+__all__ = ["SECOND_STAGE", "SEEDED", "adopt_backbone", "cam_run_extras", "open_cam_run", "second_stage_overrides"]
 
-SECOND_STAGE = ("affinitynet", "irnet")
+SECOND_STAGE = ("affinitynet", "irnet", "sec", "dsrg")
+# The second stages that learn from localisation cues ("seeds") rather than pairwise labels.
+SEEDED = ("sec", "dsrg")
 
 
 def open_cam_run(cam_run: str | os.PathLike, dataset: TaggedDataset, device: str | torch.device = "cpu"):
@@ -60,17 +71,26 @@ def open_cam_run(cam_run: str | os.PathLike, dataset: TaggedDataset, device: str
 
 @torch.no_grad()
 def cam_run_extras(key: str, cam_method: nn.Module, images: torch.utils.data.Dataset, tags: Tensor, *,
-                   batch_size: int = 8, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+                   batch_size: int = 8, device: str | torch.device = "cpu",
+                   map_size: tuple[int, int] | None = None) -> dict[str, Tensor]:
     """Method ``key``'s per-image extras (N x ..., on the CPU, indexed like
     ``images``): the CAM method's normalised CAMs of every image of
     ``images`` (``(index, 3 x S x S float in [0, 1])`` items, train_loop's
-    resized images) and the labels derived from them."""
+    resized images) and the labels derived from them: for :data:`SEEDED`
+    methods the ``seeds`` at ``map_size`` (their network's output size)."""
     from wsss_app.pipeline.recipes import cam_label_extras
 
     device = torch.device(device)
     pixels = torch.stack([images[i][1] for i in range(len(images))])
     cams = torch.cat([cam_method.cams(pixels[i : i + batch_size].to(device), tags[i : i + batch_size].to(device))
                       .float().cpu() for i in range(0, len(pixels), batch_size)])
+    if key in SEEDED:
+        from python_models.losses.irnet import reduce_label_map
+        from python_models.pseudo import localisation_cues
+
+        if map_size is None:
+            raise ValueError(f"{key} needs map_size, its network's output size, for its seeds")
+        return {"seeds": reduce_label_map(localisation_cues(cams, tags), tuple(map_size)), "cams": cams}
     return cam_label_extras(key, cams, pixels, tags, batch_size=batch_size, device=device)
 
 
@@ -94,6 +114,8 @@ def second_stage_overrides(key: str, cam_config: Mapping[str, Any], image_size: 
     network of its own (its CAMs come from the CAM run), the CAM run's
     backbone name unless ``--backbone`` was given (so the weights can be copied), and for IRNet a
     ``crop_size`` of the training size."""
+    if key in SEEDED:  # their own networks: nothing of the CAM run's to take
+        return dict(overrides)
     added: dict[str, Any] = {"cam_network": None}
     backbone = cam_config.get("overrides", {}).get("backbone")
     if backbone == "tiny":  # each method's "tiny" is its own stand-in: name the CAM method's
