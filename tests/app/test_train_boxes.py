@@ -1,6 +1,7 @@
 """``wsss-ext train --method simple_does_it``: round 1 of Simple Does It on a VOC
-folder's <bndbox> boxes (the method's initial labels of them), and the clear
-error for data without boxes."""
+folder's <bndbox> boxes (the method's initial labels of them), later rounds
+on the previous round's labels (``--previous-round``), and the clear errors
+for data without boxes and for a previous round that does not fit."""
 
 import json
 
@@ -73,7 +74,66 @@ def test_a_flipped_images_boxes_label_the_flipped_targets(tmp_path):
     voc = _voc_with_boxes(tmp_path / "voc")
     dataset = open_dataset(voc, "train")
     config = {"method": "simple_does_it", "overrides": {"num_classes": 20, "backbone": "tiny"}, "image_size": 32}
-    extras, flippers = _box_extras(config, dataset)
+    extras, flippers, init = _box_extras(config, dataset)
+    assert init is None  # round 1 starts from the method's own initialisation
     mirrored = flippers["boxes"](extras["boxes"])
     again = build_method(config).initial_labels(mirrored, flippers["box_classes"](extras["box_classes"]), (32, 32))
     assert torch.equal(again, extras["targets"].flip(-1))
+
+
+def test_a_later_round_trains_on_the_previous_rounds_labels_from_its_weights(tmp_path, capsys, monkeypatch):
+    from python_models.methods.simple_does_it import SimpleDoesIt
+    from wsss_app.pipeline.runs import load_checkpoint
+    from wsss_app.pipeline.train_loop import resized_images
+
+    voc = _voc_with_boxes(tmp_path / "voc")
+    common = ["train", "--data", str(voc), "--split", "train", "--image-size", "32", "--batch-size", "4",
+              "--epochs", "1", "--no-progress", "--method", "simple_does_it"]
+    assert cli.main([*common, "--out", str(tmp_path / "r1"), "--backbone", "tiny"]) == 0
+    capsys.readouterr()
+    first, _ = load_run(tmp_path / "r1")
+    started, seen = [], []
+    original = SimpleDoesIt.losses
+
+    def spy(self, batch, step=0):
+        if not started:  # the weights it starts from, before its first step
+            started.append({k: v.clone() for k, v in self.state_dict().items()})
+        seen.append(batch["targets"].clone())
+        return original(self, batch, step)
+
+    monkeypatch.setattr(SimpleDoesIt, "losses", spy)
+    assert cli.main([*common, "--out", str(tmp_path / "r2"), "--previous-round", str(tmp_path / "r1")]) == 0
+    out = capsys.readouterr().out
+    n_images = len(open_dataset(voc, "train"))
+    assert f"round 2 targets of {n_images} images from the previous round {(tmp_path / 'r1').resolve()}" in out
+    _, config = load_run(tmp_path / "r2")
+    assert config["round"] == 2 and config["overrides"]["backbone"] == "tiny"
+    assert all(torch.equal(started[0][k], v) for k, v in first.state_dict().items())
+    # Its targets: round 1's network's pseudo_labels of the boxes (possibly mirrored with the image).
+    dataset = open_dataset(voc, "train")
+    boxes, classes = dataset.boxes(32)
+    images = resized_images(dataset, 32)
+    pixels = torch.stack([images[i][1] for i in range(len(images))])
+    expected = first.pseudo_labels(pixels, dataset.tags(), boxes, classes)
+    for targets in torch.cat(seen):
+        assert any(torch.equal(targets, e) or torch.equal(targets, e.flip(-1)) for e in expected)
+    # Resuming keeps its previous round; another one is refused; --previous-round fits only simple_does_it.
+    assert cli.main(["train", "--out", str(tmp_path / "r2"), "--resume", "--previous-round", str(voc),
+                     "--no-progress"]) == 2
+    assert "--resume: the run's previous round is" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "r2")["epoch"] == 1
+
+
+def test_a_previous_round_that_does_not_fit_is_refused(tmp_path, capsys):
+    voc = _voc_with_boxes(tmp_path / "voc")
+    cam = tmp_path / "cam"
+    assert cli.main(["train", "--data", str(voc), "--split", "train", "--out", str(cam), "--method", "cam",
+                     "--backbone", "tiny", "--image-size", "32", "--batch-size", "4", "--epochs", "1",
+                     "--no-progress"]) == 0
+    capsys.readouterr()
+    base = ["train", "--data", str(voc), "--split", "train", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert cli.main([*base, "--method", "simple_does_it", "--previous-round", str(cam)]) == 2
+    assert f"--previous-round {cam} is a cam run, not simple_does_it" in capsys.readouterr().err
+    assert cli.main([*base, "--method", "cam", "--previous-round", str(cam)]) == 2
+    assert "--previous-round is for ['simple_does_it']'s later rounds, not 'cam'" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "config.json").exists()

@@ -41,6 +41,10 @@ def add_arguments(parser) -> None:
                                            "a second stage the CAM run's)")
     parser.add_argument("--cam-run", type=Path, help="affinitynet / irnet / sec / dsrg: the trained CAM run whose "
                                                      "CAMs give their training labels; with --resume, the run's")
+    parser.add_argument("--previous-round", type=Path, metavar="RUN",
+                        help="simple_does_it: the previous round's run, whose network's labels of the boxes (dense "
+                             "CRF, box rules) are this round's targets and whose weights it starts from; with "
+                             "--resume, the run's")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one of the method's DEFAULTS (VALUE as JSON, else a string); repeatable")
     parser.add_argument("--batch-norm", choices=("local", "sync", "frozen"),
@@ -82,6 +86,10 @@ def _resumed_config(args) -> dict:
     if args.cam_run is not None and Path(args.cam_run).resolve() != Path(config.get("cam_run") or "").resolve():
         raise ValueError(f"--resume: the run's CAM run is {config.get('cam_run')}, not {args.cam_run}; "
                          f"drop --cam-run")
+    if args.previous_round is not None and (
+            Path(args.previous_round).resolve() != Path(config.get("previous_round") or "").resolve()):
+        raise ValueError(f"--resume: the run's previous round is {config.get('previous_round')}, not "
+                         f"{args.previous_round}; drop --previous-round")
     if not (args.out / CHECKPOINT).is_file():
         raise FileNotFoundError(f"--resume: {args.out} has no {CHECKPOINT} yet (no epoch finished); "
                                 f"rerun without --resume to start it afresh")
@@ -113,6 +121,8 @@ def run(args) -> int:
         if args.cam_run is not None and not second:
             raise ValueError(f"--cam-run is for the second stages {list(SECOND_STAGE)}, not {args.method!r}")
         boxed = args.method in _BOX_KEYS
+        if args.previous_round is not None and not boxed:
+            raise ValueError(f"--previous-round is for {sorted(_BOX_KEYS)}'s later rounds, not {args.method!r}")
         check_trainable(args.method, _extra_keys(args.method) if args.cam_run is not None
                         else _BOX_KEYS.get(args.method, ()),
                         hint="pass --cam-run <a trained CAM run> to derive them from its CAMs")  # before any data
@@ -146,11 +156,16 @@ def run(args) -> int:
                 overrides = second_stage_overrides(args.method, cam_config, size, overrides,
                                                    backbone_given=bool(args.backbone))
                 extra_config = {"cam_run": str(Path(args.cam_run).resolve())}
+            if args.previous_round is not None:
+                previous = _previous_round_config(args.previous_round, args.method, dataset)
+                overrides = {**previous["overrides"], **overrides}  # its architecture, so its weights load
+                extra_config = {"previous_round": str(Path(args.previous_round).resolve()),
+                                "round": previous.get("round", 1) + 1}
             config = new_run_config(args.method, dataset, epochs=args.epochs, batch_size=args.batch_size,
                                     image_size=args.image_size, lr=args.lr, seed=args.seed or 0,
                                     backbone=args.backbone, batch_norm=args.batch_norm, overrides=overrides,
                                     world_size=world_size, device=device,
-                                    extra_keys=_extra_keys(args.method) if extra_config
+                                    extra_keys=_extra_keys(args.method) if args.cam_run is not None
                                     else _BOX_KEYS.get(args.method, ()),
                                     extra_config=extra_config)
         if rank == 0:
@@ -161,7 +176,7 @@ def run(args) -> int:
         extras, init = _second_stage(config, dataset, device, rank)
         flippers = None
         if config["method"] in _BOX_KEYS:
-            extras, flippers = _box_extras(config, dataset)
+            extras, flippers, init = _box_extras(config, dataset, device, rank)
         result = train_run(args.out, config, dataset, resume=args.resume, device=device, rank=rank,
                            world_size=world_size, workers=args.workers, progress=not args.no_progress,
                            extras=extras, init=init, flippers=flippers)
@@ -179,23 +194,64 @@ def run(args) -> int:
 _BOX_KEYS = {"simple_does_it": ("boxes", "box_classes", "targets")}
 
 
-def _box_extras(config: dict, dataset):
-    """The boxes, their classes and round 1's targets (the method's
-    ``initial_labels``) of every image at the training size, and the flips
-    of the boxes (x0, x1 mirrored; classes unchanged)."""
+def _previous_round_config(run, method: str, dataset) -> dict:
+    """The previous round's config, checked: a run of the same method on the dataset's classes, with a checkpoint."""
+    from wsss_app.pipeline.runs import CHECKPOINT, read_config
+
+    config = read_config(run)
+    if config["method"] != method:
+        raise ValueError(f"--previous-round {run} is a {config['method']} run, not {method}")
+    if list(config["classes"]) != list(dataset.classes):
+        raise ValueError(f"--previous-round {run} was trained on the classes {list(config['classes'])}, not the "
+                         f"dataset's {list(dataset.classes)}")
+    if not (Path(run) / CHECKPOINT).is_file():
+        raise FileNotFoundError(f"--previous-round {run} has no {CHECKPOINT} (no epoch finished)")
+    return config
+
+
+def _box_extras(config: dict, dataset, device: str = "cpu", rank: int = 0):
+    """The boxes and their classes of every image at the training size, the
+    round's targets, the flips of the boxes (x0, x1 mirrored; classes
+    unchanged), and the initialisation. Round 1's targets are the method's
+    ``initial_labels`` of the boxes; a later round's (``previous_round`` in
+    the config) are the previous round's ``pseudo_labels`` of the training
+    images (its probabilities, the dense CRF, the box rules), and it starts
+    from that round's weights (Simple Does It retrains on each round's
+    output; continuing from the last network rather than from ImageNet is
+    this package's choice: no pretrained weights are at hand)."""
     import torch
 
-    from wsss_app.pipeline.runs import build_method
+    from wsss_app.pipeline.runs import build_method, load_run
+    from wsss_app.pipeline.train_loop import resized_images
 
     size = config["image_size"]
     boxes, classes = dataset.boxes(size)
-    targets = build_method(config).initial_labels(boxes, classes, (size, size))
+    init = None
+    if not config.get("previous_round"):
+        targets = build_method(config).initial_labels(boxes, classes, (size, size))
+    else:
+        previous, _ = load_run(config["previous_round"], device)
+        images = resized_images(dataset, size)
+        tags, batch = dataset.tags(), config["batch_size"]
+        parts = []
+        for start in range(0, len(images), batch):
+            pixels = torch.stack([images[i][1] for i in range(start, min(start + batch, len(images)))])
+            rows = slice(start, start + len(pixels))
+            parts.append(previous.pseudo_labels(pixels.to(device), tags[rows].to(device), boxes[rows].to(device),
+                                                classes[rows].to(device)).cpu())
+        targets = torch.cat(parts)
+        if rank == 0:
+            print(f"round {config.get('round', 2)} targets of {len(images)} images from the previous round "
+                  f"{config['previous_round']}")
+
+        def init(method) -> None:
+            method.load_state_dict(previous.state_dict())
 
     def mirror(rows):
         return torch.stack([size - rows[..., 2], rows[..., 1], size - rows[..., 0], rows[..., 3]], -1)
 
-    return {"boxes": boxes, "box_classes": classes, "targets": targets}, {"boxes": mirror,
-                                                                         "box_classes": lambda rows: rows}
+    return ({"boxes": boxes, "box_classes": classes, "targets": targets},
+            {"boxes": mirror, "box_classes": lambda rows: rows}, init)
 
 
 def _extra_keys(method: str) -> tuple[str, ...]:
