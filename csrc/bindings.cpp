@@ -405,6 +405,7 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("grid"), py::arg("block"), py::arg("dynamic_shared_bytes") = 0, py::arg("static_shared") = false);
   m.def("emulation_deadlock", &selftest::deadlock);
+  m.def("emulation_launch_count", &wsss::emu::launch_count, "Kernel launches the emulated runtime has seen.");
 #endif
 
   m.def(

@@ -85,6 +85,7 @@ constexpr size_t kStackBytes = 128 * 1024;
 constexpr unsigned char kPoison = 0xff;  // undefined memory reads as NaN / -1
 
 std::atomic<int> g_fault{static_cast<int>(Fault::kNone)};
+std::atomic<uint64_t> g_launch_count{0};
 
 // ---------------------------------------------------------------------------
 // Errors: the last one of this thread, with a message naming the kernel
@@ -602,6 +603,8 @@ std::string configuration_error(const dim3& grid, const dim3& block) {
 
 }  // namespace
 
+uint64_t launch_count() { return g_launch_count.load(std::memory_order_relaxed); }
+
 void set_fault(Fault fault) { g_fault.store(static_cast<int>(fault), std::memory_order_relaxed); }
 Fault fault() { return static_cast<Fault>(g_fault.load(std::memory_order_relaxed)); }
 
@@ -656,6 +659,7 @@ void* static_shared(const void* tag, size_t bytes, size_t alignment) {
 void* dynamic_shared() { return running("dynamic shared memory").dynamic; }
 
 void launch_kernel(const char* name, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t, KernelBody body) {
+  g_launch_count.fetch_add(1, std::memory_order_relaxed);
   if (t_in_launch) {
     set_error(cudaErrorLaunchFailure, concat("kernel ", name, " launched from inside a kernel (not emulated)"));
     return;

@@ -187,6 +187,10 @@ void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, 
   launch_kernel(name, grid, block, shared_bytes, stream, body);
 }
 
+// Launches so far (valid or not): lets a test confirm that a call under
+// emulation ran CUDA launchers at all.
+uint64_t launch_count();
+
 // Fault injection for the negative controls of the test suite (see
 // wsss_ext.testing.emulate_cuda(fault=...)): kShuffleWrongLane makes every
 // shuffle read the lane after the right one.
