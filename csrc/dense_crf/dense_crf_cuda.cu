@@ -182,20 +182,19 @@ template <int D>
 void filter_impl(const Lattice& lat, int64_t vertices, const float* q, const float* norm, float* out, int64_t width,
                  float coefficient, bool accumulate, float* values_a, float* values_b, cudaStream_t stream) {
   const int64_t vertex_items = vertices * width;
-  WSSS_LAUNCH(splat_kernel, ceil_div(vertex_items, kThreads), kThreads, 0, stream,
-      lat.splat_start.as<int32_t>(), lat.splat_pixels.as<int32_t>(), lat.splat_weights.as<float>(), q, vertices,
-      width, values_a);
+  WSSS_LAUNCH(splat_kernel, ceil_div(vertex_items, kThreads), kThreads, 0, stream, lat.splat_start.as<int32_t>(),
+              lat.splat_pixels.as<int32_t>(), lat.splat_weights.as<float>(), q, vertices, width, values_a);
   WSSS_CUDA_CHECK_LAUNCH();
   for (int j = 0; j <= D; ++j) {
     WSSS_LAUNCH(blur_kernel, ceil_div(vertex_items, kThreads), kThreads, 0, stream,
-        lat.neighbours.as<int32_t>() + 2 * j * vertices, values_a, vertices, width, values_b);
+                lat.neighbours.as<int32_t>() + 2 * j * vertices, values_a, vertices, width, values_b);
     WSSS_CUDA_CHECK_LAUNCH();
     std::swap(values_a, values_b);
   }
   const int64_t total_pixels = lat.images * lat.pixels();
   WSSS_LAUNCH((slice_kernel<D>), ceil_div(total_pixels * width, kThreads), kThreads, 0, stream,
-      lat.entry_vertex.as<int32_t>(), lat.weights.as<float>(), values_a, norm, total_pixels, width,
-      coefficient * slice_alpha<D>(), accumulate, out);
+              lat.entry_vertex.as<int32_t>(), lat.weights.as<float>(), values_a, norm, total_pixels, width,
+              coefficient * slice_alpha<D>(), accumulate, out);
   WSSS_CUDA_CHECK_LAUNCH();
 }
 
@@ -224,18 +223,17 @@ int64_t build_vertices_cuda(Lattice& lat, const ArrayView& image, double sxy, do
   WSSS_CUDA_CHECK(cudaMemsetAsync(counter, 0, sizeof(int32_t), stream));
   dispatch_dims(lat.dims, [&](auto d) {
     constexpr int D = decltype(d)::value;
-    WSSS_LAUNCH((embed_kernel<D>), ceil_div(lat.images * pixels, kThreads), kThreads, 0, stream,
-        image.as<uint8_t>(), lat.images, pixels, lat.width, make_embedding<D>(sxy, srgb), lat.simplex.as<int32_t>(),
-        lat.weights.as<float>());
+    WSSS_LAUNCH((embed_kernel<D>), ceil_div(lat.images * pixels, kThreads), kThreads, 0, stream, image.as<uint8_t>(),
+                lat.images, pixels, lat.width, make_embedding<D>(sxy, srgb), lat.simplex.as<int32_t>(),
+                lat.weights.as<float>());
     WSSS_CUDA_CHECK_LAUNCH();
-    WSSS_LAUNCH((insert_kernel<D>), ceil_div(entries, kThreads), kThreads, 0, stream,
-        lat.slots.as<int32_t>(), capacity - 1, lat.simplex.as<int32_t>(), entries, pixels * (D + 1),
-        lat.entry_rep.as<int32_t>());
+    WSSS_LAUNCH((insert_kernel<D>), ceil_div(entries, kThreads), kThreads, 0, stream, lat.slots.as<int32_t>(),
+                capacity - 1, lat.simplex.as<int32_t>(), entries, pixels * (D + 1), lat.entry_rep.as<int32_t>());
     WSSS_CUDA_CHECK_LAUNCH();
     return 0;
   });
-  WSSS_LAUNCH(number_vertices_kernel, ceil_div(entries, kThreads), kThreads, 0, stream,
-      lat.entry_rep.as<int32_t>(), entries, counter, lat.entry_vertex.as<int32_t>(), lat.vertex_entry.as<int32_t>());
+  WSSS_LAUNCH(number_vertices_kernel, ceil_div(entries, kThreads), kThreads, 0, stream, lat.entry_rep.as<int32_t>(),
+              entries, counter, lat.entry_vertex.as<int32_t>(), lat.vertex_entry.as<int32_t>());
   WSSS_CUDA_CHECK_LAUNCH();
   int32_t vertices = 0;
   WSSS_CUDA_CHECK(cudaMemcpyAsync(&vertices, counter, sizeof vertices, cudaMemcpyDeviceToHost, stream));
@@ -263,8 +261,8 @@ void link_cuda(const Lattice& lat, int64_t vertices, float* values_a, float* val
   dispatch_dims(lat.dims, [&](auto d) {
     constexpr int D = decltype(d)::value;
     WSSS_LAUNCH((neighbours_kernel<D>), ceil_div(vertices * (D + 1), kThreads), kThreads, 0, stream,
-        lat.slots.as<int32_t>(), mask, lat.simplex.as<int32_t>(), lat.pixels() * (D + 1), vertex_entry, entry_vertex,
-        vertices, lat.neighbours.as<int32_t>());
+                lat.slots.as<int32_t>(), mask, lat.simplex.as<int32_t>(), lat.pixels() * (D + 1), vertex_entry,
+                entry_vertex, vertices, lat.neighbours.as<int32_t>());
     WSSS_CUDA_CHECK_LAUNCH();
     return 0;
   });
@@ -295,8 +293,8 @@ void link_cuda(const Lattice& lat, int64_t vertices, float* values_a, float* val
   const int64_t total_pixels = lat.images * lat.pixels();
   dispatch_dims(lat.dims, [&](auto d) {
     constexpr int D = decltype(d)::value;
-    WSSS_LAUNCH((entries_to_pixels_kernel<D>), entry_blocks, kThreads, 0, stream, lat.weights.as<float>(), entries, pixels,
-                                                                       splat_weights);
+    WSSS_LAUNCH((entries_to_pixels_kernel<D>), entry_blocks, kThreads, 0, stream, lat.weights.as<float>(), entries,
+                pixels, splat_weights);
     WSSS_CUDA_CHECK_LAUNCH();
     filter_impl<D>(lat, vertices, nullptr, nullptr, norm, 1, 1.f, false, values_a, values_b, stream);
     return 0;
@@ -326,7 +324,7 @@ void softmax_cuda(const ArrayView& unary, const float* pairwise, float* q, int64
   dispatch_floating(unary.dtype, "unary", [&](auto tag) {
     using U = decltype(tag);
     WSSS_LAUNCH((softmax_kernel<U>), ceil_div(rows, kThreads), kThreads, 0, as_cuda_stream(stream_handle),
-        unary.as<U>(), pairwise, q, rows, n_labels, pixels, width, q_out);
+                unary.as<U>(), pairwise, q, rows, n_labels, pixels, width, q_out);
     WSSS_CUDA_CHECK_LAUNCH();
   });
 }

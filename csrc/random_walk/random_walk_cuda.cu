@@ -112,9 +112,9 @@ void step_cuda(const StepArgs& args, uintptr_t stream_handle) {
         const dim3 grid(ceil_div(width, kTileX), ceil_div(height, kTileY), static_cast<unsigned int>(batch));
         const dim3 block(kTileX, kTileY);
         auto kernel = args.transpose ? step_kernel<T, true> : step_kernel<T, false>;
-        WSSS_LAUNCH(kernel, grid, block, use_tile ? shared_bytes : 0, stream,
-            args.weights.as<const T>(), args.offsets.as<const int32_t>(), taps, args.x.as<const T>(), args.y.as<T>(),
-            channels, height, width, use_tile ? halo : 0, use_tile);
+        WSSS_LAUNCH(kernel, grid, block, use_tile ? shared_bytes : 0, stream, args.weights.as<const T>(),
+                    args.offsets.as<const int32_t>(), taps, args.x.as<const T>(), args.y.as<T>(), channels, height,
+                    width, use_tile ? halo : 0, use_tile);
         WSSS_CUDA_CHECK_LAUNCH();
       },
       /*allow_half=*/false);
@@ -130,8 +130,8 @@ void weight_grad_cuda(const WeightGradArgs& args, uintptr_t stream_handle) {
       [&](auto tag) {
         using T = compute_t<decltype(tag)>;
         WSSS_LAUNCH((weight_grad_kernel<T>), ceil_div(batch * taps * height * width, kThreads), kThreads, 0, stream,
-            args.grad_y.as<const T>(), args.x.as<const T>(), args.offsets.as<const int32_t>(), args.grad_weights.as<T>(),
-            batch, taps, channels, height, width);
+                    args.grad_y.as<const T>(), args.x.as<const T>(), args.offsets.as<const int32_t>(),
+                    args.grad_weights.as<T>(), batch, taps, channels, height, width);
         WSSS_CUDA_CHECK_LAUNCH();
       },
       /*allow_half=*/false);

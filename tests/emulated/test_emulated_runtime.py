@@ -201,16 +201,18 @@ PLANTED = textwrap.dedent("""
 """)
 
 
-def run_planted(planted):
-    env = dict(os.environ)
-    return subprocess.run([sys.executable, "-c", PLANTED.replace("PLANTED", str(planted))], env=env,
-                          capture_output=True, text=True, timeout=120)
+def run_planted(planted, folder):
+    # From another folder: `python -c` in the repository would import its source tree.
+    return subprocess.run([sys.executable, "-c", PLANTED.replace("PLANTED", str(planted))], cwd=folder,
+                          env=dict(os.environ), capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.skipif("address" not in SANITIZE, reason="needs the AddressSanitizer build (WSSS_EXT_SANITIZE=address)")
-def test_asan_catches_the_planted_off_by_one_in_shared_memory():
-    clean = run_planted(False)
+def test_asan_catches_the_planted_off_by_one_in_shared_memory(tmp_path):
+    clean = run_planted(False, tmp_path)
     assert clean.returncode == 0 and "sum 32640" in clean.stdout, clean.stderr[-2000:]
-    planted = run_planted(True)
+    planted = run_planted(True, tmp_path)
     assert planted.returncode != 0
-    assert "heap-buffer-overflow" in planted.stderr and "block_sum_kernel" in planted.stderr, planted.stderr[-3000:]
+    # One int32 past the block's 256-element shared array (its own allocation in the emulation).
+    assert "heap-buffer-overflow" in planted.stderr, planted.stderr[-3000:]
+    assert "0 bytes to the right of 1024-byte region" in planted.stderr, planted.stderr[-3000:]
