@@ -1,12 +1,21 @@
 """Helpers of the emulated tests: run a call with its CUDA launchers
-(wsss_ext.testing.emulate_cuda()) and with the CPU backend, and compare."""
+(wsss_ext.testing.emulate_cuda()) and with the CPU backend, and compare.
+The tests are skipped unless wsss_ext is the emulation build:
+``WSSS_EXT_CUDA_EMULATE=1 pip install .``. (No conftest.py here: a second
+module named conftest would shadow tests/conftest.py for the other tests.)"""
 
 import contextlib
 
+import pytest
 import torch
 
+import wsss_ext
 from wsss_ext import _C
 from wsss_ext.testing import emulate_cuda
+
+EMULATED = bool(wsss_ext.build_info()["cuda_emulated"])
+requires_emulation = pytest.mark.skipif(
+    not EMULATED, reason="needs the CUDA emulation build (WSSS_EXT_CUDA_EMULATE=1 pip install .)")
 
 
 def cuda_and_cpu(fn, *inputs, backward=True, seed=1):

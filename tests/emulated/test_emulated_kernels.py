@@ -6,7 +6,10 @@ import pytest
 import torch
 
 import wsss_ext
-from emulation_helpers import assert_match, cuda_and_cpu
+
+from emulation_helpers import assert_match, cuda_and_cpu, requires_emulation
+
+pytestmark = requires_emulation
 
 
 def generator(seed):

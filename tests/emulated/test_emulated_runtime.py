@@ -15,6 +15,10 @@ import wsss_ext
 from wsss_ext import _C
 from wsss_ext.testing import emulate_cuda
 
+from emulation_helpers import requires_emulation
+
+pytestmark = requires_emulation
+
 SANITIZE = wsss_ext.build_info().get("sanitize", "")
 
 
