@@ -380,6 +380,12 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("values"), py::arg("out"), py::arg("planted_off_by_one") = false);
   m.def(
+      "emulation_barrier_after_exits",
+      [](py::handle values, py::handle out) {
+        selftest::barrier_after_exits(to_view(values, "values"), to_view(out, "out"));
+      },
+      py::arg("values"), py::arg("out"));
+  m.def(
       "emulation_warp_op",
       [](py::handle values, py::handle exits, py::handle out, const std::string& op, int operand, int width) {
         selftest::warp_op(to_view(values, "values"), to_view(exits, "exits"), to_view(out, "out"), op, operand, width);

@@ -324,7 +324,9 @@ void switch_to_context(Launch& launch, Context& context) {
   context.started = true;
   wsss_emu_switch_context(&launch.scheduler_sp, context.sp);
 }
-void switch_to_scheduler(Launch& launch, Context& context) { wsss_emu_switch_context(&context.sp, launch.scheduler_sp); }
+void switch_to_scheduler(Launch& launch, Context& context) {
+  wsss_emu_switch_context(&context.sp, launch.scheduler_sp);
+}
 #else
 void switch_to_context(Launch& launch, Context& context) {
   if (!context.started) {
@@ -614,8 +616,8 @@ void warp_step(WarpOp op, unsigned int mask, const void* value, size_t size, int
   Thread& thread = *launch.current;
   const unsigned int bit = 1u << thread.lane;
   if (!(mask & bit))
-    throw KernelFault(cudaErrorLaunchFailure, concat(op_name(op), ": lane ", thread.lane, " is not in its mask ", hex(mask),
-                                                " (undefined behaviour on a GPU)"));
+    throw KernelFault(cudaErrorLaunchFailure, concat(op_name(op), ": lane ", thread.lane, " is not in its mask ",
+                                                     hex(mask), " (undefined behaviour on a GPU)"));
   if (width < 1 || width > kWarp || (width & (width - 1)) != 0)
     throw KernelFault(cudaErrorLaunchFailure,
                  concat(op_name(op), ": width must be a power of two in [1, 32], got ", width));

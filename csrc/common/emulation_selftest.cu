@@ -23,6 +23,15 @@ __global__ void block_sum_kernel(const int32_t* values, int32_t* out, bool plant
   if (t == 0) *out = partial[0];
 }
 
+__global__ void barrier_after_exits_kernel(const int32_t* values, int32_t* out) {
+  WSSS_DYNAMIC_SHARED(int32_t, staged);
+  const int t = threadIdx.x, n = blockDim.x;
+  if (t % 2 == 1) return;
+  staged[t] = values[t];
+  __syncthreads();
+  out[t] = staged[(t + 2) % n];
+}
+
 enum class Op { kIdx, kUp, kDown, kXor, kBallot };
 
 __global__ void warp_op_kernel(const int32_t* values, const int32_t* exits, int32_t* out, Op op, int operand,
@@ -102,6 +111,14 @@ void block_sum(const ArrayView& values, const ArrayView& out, bool planted_off_b
   WSSS_CHECK(n >= 1 && n <= kMaxThreads && (n & (n - 1)) == 0, "values must hold a power of two <= 1024 of int32");
   WSSS_LAUNCH(block_sum_kernel, 1, static_cast<unsigned int>(n), n * sizeof(int32_t), nullptr,
               values.as<const int32_t>(), out.as<int32_t>(), planted_off_by_one);
+  WSSS_CUDA_CHECK_LAUNCH();
+}
+
+void barrier_after_exits(const ArrayView& values, const ArrayView& out) {
+  const int64_t n = values.numel();
+  WSSS_CHECK(n >= 2 && n <= kMaxThreads && n % 2 == 0 && out.numel() == n, "values and out: int32 [even n <= 1024]");
+  WSSS_LAUNCH(barrier_after_exits_kernel, 1, static_cast<unsigned int>(n), n * sizeof(int32_t), nullptr,
+              values.as<const int32_t>(), out.as<int32_t>());
   WSSS_CUDA_CHECK_LAUNCH();
 }
 

@@ -18,6 +18,12 @@ namespace wsss::emulation_selftest {
 // past the shared array.
 void block_sum(const ArrayView& values, const ArrayView& out, bool planted_off_by_one);
 
+// Threads with odd index return at once; the others stage values[t] in
+// shared memory, meet at __syncthreads() and write out[t] = values[(t + 2) %
+// n]: the barrier must count only the threads still running (as on Volta
+// and later), or it never opens.
+void barrier_after_exits(const ArrayView& values, const ArrayView& out);
+
 // One warp intrinsic across a block of values.numel() threads: thread t
 // holds values[t] and writes its result to out[t]; threads with exits[t] != 0
 // return first. op: "idx", "up", "down", "xor" (__shfl*_sync with operand

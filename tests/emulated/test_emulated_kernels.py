@@ -121,6 +121,16 @@ def test_fickle(kernel_size, height, width):
     assert torch.equal(cuda != 0, cpu != 0)
     assert_match(lambda v, w: wsss_ext.fickle_conv2d(v, w, p=0.9, seed=7, n_samples=3), x, weight, rtol=1e-4,
                  atol=1e-4, backward=False)
+    # Grad-CAM's mask counts: a block of 256 per (row, channel), a shared-memory tree reduction.
+    labels = torch.ones(2, 4)
+    for output in range(2):
+        (cuda, _), (cpu, _) = cuda_and_cpu(
+            lambda v: wsss_ext.fickle_gradcam(v.abs(), weight, None, labels, n_samples=4, seed=3)[output], x,
+            backward=False)
+        if output == 0:
+            torch.testing.assert_close(cuda, cpu, rtol=1e-4, atol=1e-4)
+        else:
+            assert torch.equal(cuda, cpu)
 
 
 def test_fickle_gradients_and_gradcam():

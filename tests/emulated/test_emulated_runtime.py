@@ -125,6 +125,15 @@ def test_block_reduction_needs_real_barriers(threads):
     assert int(out) == int(values.sum())
 
 
+@pytest.mark.parametrize("threads", [2, 64, 100, 1024])
+def test_threads_that_returned_leave_the_barrier(threads):
+    values = torch.arange(threads, dtype=torch.int32) * 3 + 1
+    out = torch.full((threads,), -7, dtype=torch.int32)
+    _C.emulation_barrier_after_exits(values, out)
+    expected = [int(values[(t + 2) % threads]) if t % 2 == 0 else -7 for t in range(threads)]
+    assert out.tolist() == expected
+
+
 def test_atomics():
     ints = torch.tensor([0, -1, 0, -1], dtype=torch.int32)
     floats = torch.zeros(1)
