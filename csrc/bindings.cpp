@@ -13,10 +13,6 @@
 
 #include "common/array_view.h"
 #include "common/cuda_device.h"
-#if defined(WSSS_CUDA_EMULATED)
-#include "common/cuda_emulation.h"
-#include "common/emulation_selftest.h"
-#endif
 #include "common/parallel.h"
 #include "common/philox.h"
 #include "correlation/correlation.h"
@@ -26,6 +22,10 @@
 #include "propagation/propagation.h"
 #include "random_walk/random_walk.h"
 #include "sinkhorn/sinkhorn.h"
+#if defined(WSSS_CUDA_EMULATED)
+#include "common/cuda_emulation.h"
+#include "common/emulation_selftest.h"
+#endif
 
 namespace py = pybind11;
 using wsss::ArrayView;
@@ -72,11 +72,6 @@ ArrayView view_from_torch(py::handle tensor, const char* arg) {
   const py::object device = tensor.attr("device");
   const std::string device_type = py::str(device.attr("type"));
   if (device_type == "cuda") {
-#if defined(WSSS_CUDA_EMULATED)
-    throw std::invalid_argument(std::string(arg) + ": a CUDA tensor, but this is the CUDA emulation build of wsss_ext "
-                                "(a test build): its CUDA kernels run on CPU tensors under "
-                                "wsss_ext.testing.emulate_cuda(); reinstall without WSSS_EXT_CUDA_EMULATE for GPUs");
-#endif
     view.device = DeviceType::kCUDA;
     view.device_index = device.attr("index").cast<int>();
   } else if (device_type != "cpu") {
