@@ -23,6 +23,10 @@
 #include "propagation/propagation.h"
 #include "random_walk/random_walk.h"
 #include "sinkhorn/sinkhorn.h"
+#if defined(WSSS_CUDA_EMULATED)
+#include "common/cuda_emulation.h"
+#include "common/emulation_selftest.h"
+#endif
 
 namespace py = pybind11;
 using wsss::ArrayView;
@@ -391,6 +395,16 @@ py::dict build_info() {
   info["cuda_architectures"] = std::string();
 #endif
   info["cuda_device_count"] = wsss::cuda_device_count();
+#if defined(WSSS_CUDA_EMULATED)
+  info["cuda_emulated"] = true;
+#else
+  info["cuda_emulated"] = false;
+#endif
+#if defined(WSSS_SANITIZE)
+  info["sanitize"] = std::string(WSSS_SANITIZE);
+#else
+  info["sanitize"] = std::string();
+#endif
 #if defined(WSSS_WITH_OPENMP)
   info["openmp"] = true;
 #else
@@ -422,6 +436,69 @@ PYBIND11_MODULE(_C, m) {
       .def("__repr__", [](const ArrayView& v) { return "ArrayView(" + v.describe() + ")"; });
 
   m.def("build_info", &build_info, "What this build of the extension contains.");
+
+  // The CUDA emulation switch (wsss_ext.testing.emulate_cuda() drives it).
+  m.def(
+      "cuda_emulation_enabled",
+      []() {
+#if defined(WSSS_CUDA_EMULATED)
+        return wsss::cuda_emulation_enabled();
+#else
+        return false;
+#endif
+      },
+      "Whether CPU arrays run the CUDA launchers (always False outside the emulation build).");
+#if defined(WSSS_CUDA_EMULATED)
+  m.def(
+      "set_cuda_emulation",
+      [](bool enabled, int fault) {
+        WSSS_CHECK(fault == 0 || fault == 1, "fault must be 0 (none) or 1 (shuffle_wrong_lane), got ", fault);
+        wsss::emu::set_fault(static_cast<wsss::emu::Fault>(fault));
+        wsss::set_cuda_emulation(enabled);
+      },
+      py::arg("enabled"), py::arg("fault") = 0,
+      "Route CPU arrays to the CUDA launchers (and set the runtime's injected fault: 0 none, 1 wrong shuffle lane).");
+  namespace selftest = wsss::emulation_selftest;
+  m.def(
+      "emulation_block_sum",
+      [](py::handle values, py::handle out, bool planted) {
+        selftest::block_sum(to_view(values, "values"), to_view(out, "out"), planted);
+      },
+      py::arg("values"), py::arg("out"), py::arg("planted_off_by_one") = false);
+  m.def(
+      "emulation_barrier_after_exits",
+      [](py::handle values, py::handle out) {
+        selftest::barrier_after_exits(to_view(values, "values"), to_view(out, "out"));
+      },
+      py::arg("values"), py::arg("out"));
+  m.def(
+      "emulation_warp_op",
+      [](py::handle values, py::handle exits, py::handle out, const std::string& op, int operand, int width) {
+        selftest::warp_op(to_view(values, "values"), to_view(exits, "exits"), to_view(out, "out"), op, operand, width);
+      },
+      py::arg("values"), py::arg("exits"), py::arg("out"), py::arg("op"), py::arg("operand"), py::arg("width"));
+  m.def(
+      "emulation_indices",
+      [](py::handle out, std::array<unsigned int, 3> grid, std::array<unsigned int, 3> block) {
+        selftest::indices(to_view(out, "out"), grid[0], grid[1], grid[2], block[0], block[1], block[2]);
+      },
+      py::arg("out"), py::arg("grid"), py::arg("block"));
+  m.def(
+      "emulation_atomics",
+      [](py::handle ints, py::handle floats, py::handle u64, int blocks, int threads) {
+        selftest::atomics(to_view(ints, "ints"), to_view(floats, "floats"), to_view(u64, "u64"), blocks, threads);
+      },
+      py::arg("ints"), py::arg("floats"), py::arg("u64"), py::arg("blocks"), py::arg("threads"));
+  m.def(
+      "emulation_launch",
+      [](std::array<unsigned int, 3> grid, std::array<unsigned int, 3> block, int64_t dynamic_bytes,
+         bool static_shared) {
+        selftest::launch(grid[0], grid[1], grid[2], block[0], block[1], block[2], dynamic_bytes, static_shared);
+      },
+      py::arg("grid"), py::arg("block"), py::arg("dynamic_shared_bytes") = 0, py::arg("static_shared") = false);
+  m.def("emulation_deadlock", &selftest::deadlock);
+  m.def("emulation_launch_count", &wsss::emu::launch_count, "Kernel launches the emulated runtime has seen.");
+#endif
 
   m.def(
       "philox4x32_10",

@@ -83,6 +83,12 @@ std::string ArrayView::describe() const {
 }
 
 void check_view(const ArrayView& v, const char* name) {
+#if defined(WSSS_CUDA_EMULATED)
+  // Its "CUDA" kernels run on host memory: a device pointer would crash them.
+  WSSS_CHECK(!v.is_cuda(), name, ": a CUDA array, but this is the CUDA emulation build of wsss_ext (a test build): ",
+             "its CUDA kernels run on CPU tensors under wsss_ext.testing.emulate_cuda(); reinstall without ",
+             "WSSS_EXT_CUDA_EMULATE for GPUs");
+#endif
   WSSS_CHECK(v.strides.size() == v.shape.size(), name, ": ", v.shape.size(), " sizes but ", v.strides.size(),
              " strides");
   constexpr int64_t kMax = std::numeric_limits<int64_t>::max();

@@ -11,4 +11,11 @@ int cuda_device_count();          // 0 when no driver or no device
 int cuda_runtime_version();       // e.g. 13000; 0 without CUDA
 int cuda_pointer_device(uintptr_t ptr);  // the ordinal owning a device pointer
 
+#if defined(WSSS_CUDA_EMULATED)
+// The emulation build's switch (common/cuda_emulation.cpp): while on, every
+// entry point runs its CUDA launcher, on CPU arrays too (common/route.h).
+bool cuda_emulation_enabled();
+void set_cuda_emulation(bool enabled);
+#endif
+
 }  // namespace wsss

@@ -1,8 +1,14 @@
 // CUDA plumbing for the kernels' .cu files: error checks, the device guard,
-// the caller's stream. Included only by CUDA sources.
+// the caller's stream, and the launch and shared-memory macros that let the
+// same sources compile with nvcc and, in the emulation build, as C++ against
+// common/cuda_emulation.h. Included only by CUDA sources.
 #pragma once
 
+#if defined(WSSS_CUDA_EMULATED)
+#include "common/cuda_emulation.h"
+#else
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 #include <stdexcept>
@@ -21,6 +27,31 @@
 // After a <<<...>>> launch: reports a bad configuration or an earlier
 // asynchronous fault without synchronising the device.
 #define WSSS_CUDA_CHECK_LAUNCH() WSSS_CUDA_CHECK(cudaGetLastError())
+
+// kernel<<<grid, block, shared_bytes, stream>>>(args...), spelled so that
+// the emulation build can route it to its scheduler. A template kernel goes
+// in parentheses: WSSS_LAUNCH((codes_kernel<C, S>), grid, block, 0, stream, ...).
+#if defined(WSSS_CUDA_EMULATED)
+#define WSSS_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
+  ::wsss::emu::launch(#kernel, kernel, grid, block, shared_bytes, stream, __VA_ARGS__)
+#else
+#define WSSS_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
+  kernel<<<grid, block, shared_bytes, stream>>>(__VA_ARGS__)
+#endif
+
+// A block's shared array, `__shared__ type name[count]`, and its dynamic
+// shared memory, `extern __shared__ type name[]`. The emulation allocates
+// them per block (common/cuda_emulation.h); name keeps its array type.
+#if defined(WSSS_CUDA_EMULATED)
+#define WSSS_SHARED_ARRAY(type, name, count)                                                             \
+  static const char wsss_shared_tag_##name = 0;                                                          \
+  type(&name)[count] = *static_cast<type(*)[count]>(                                                     \
+      ::wsss::emu::static_shared(&wsss_shared_tag_##name, sizeof(type) * (count), alignof(type)))
+#define WSSS_DYNAMIC_SHARED(type, name) type* const name = static_cast<type*>(::wsss::emu::dynamic_shared())
+#else
+#define WSSS_SHARED_ARRAY(type, name, count) __shared__ type name[count]
+#define WSSS_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
 
 namespace wsss {
 

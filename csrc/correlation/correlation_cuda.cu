@@ -83,9 +83,9 @@ void forward_cuda(const ForwardArgs& args, uintptr_t stream_handle) {
       args.in1.dtype, "in1",
       [&](auto tag) {
         using T = compute_t<decltype(tag)>;
-        forward_kernel<T><<<ceil_div(pixels, kWarpsPerBlock), kWarpsPerBlock * kWarp, 0, stream>>>(
-            args.in1.as<const T>(), args.in2.as<const T>(), args.out.as<T>(), batch, height, width,
-            args.in1.shape[3], args.geometry);
+        WSSS_LAUNCH((forward_kernel<T>), ceil_div(pixels, kWarpsPerBlock), kWarpsPerBlock * kWarp, 0, stream,
+                    args.in1.as<const T>(), args.in2.as<const T>(), args.out.as<T>(), batch, height, width,
+                    args.in1.shape[3], args.geometry);
         WSSS_CUDA_CHECK_LAUNCH();
       },
       /*allow_half=*/false);
@@ -99,9 +99,10 @@ void backward_cuda(const BackwardArgs& args, uintptr_t stream_handle) {
       args.in1.dtype, "in1",
       [&](auto tag) {
         using T = compute_t<decltype(tag)>;
-        backward_kernel<T><<<ceil_div(batch * height * width, kWarpsPerBlock), kWarpsPerBlock * kWarp, 0, stream>>>(
-            args.in1.as<const T>(), args.in2.as<const T>(), args.grad.as<const T>(), args.grad_in1.as<T>(),
-            args.grad_in2.as<T>(), batch, height, width, args.in1.shape[3], args.geometry);
+        WSSS_LAUNCH((backward_kernel<T>), ceil_div(batch * height * width, kWarpsPerBlock), kWarpsPerBlock * kWarp, 0,
+                    stream, args.in1.as<const T>(), args.in2.as<const T>(), args.grad.as<const T>(),
+                    args.grad_in1.as<T>(), args.grad_in2.as<T>(), batch, height, width, args.in1.shape[3],
+                    args.geometry);
         WSSS_CUDA_CHECK_LAUNCH();
       },
       /*allow_half=*/false);

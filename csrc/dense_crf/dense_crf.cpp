@@ -149,7 +149,7 @@ int64_t build_vertices(Lattice& lattice, const ArrayView& image, double sxy, dou
   check_lattice_scale(lattice.dims, sxy, srgb, lattice.height, lattice.width);
   check_disjoint(lattice_buffers(lattice), {{image, "image"}});
   // Returns a value, so routed by hand.
-  if (image.is_cuda()) {
+  if (runs_on_cuda(image)) {
 #if defined(WSSS_WITH_CUDA)
     return build_vertices_cuda(lattice, image, sxy, srgb, stream);
 #else
@@ -175,7 +175,8 @@ void link(const Lattice& lattice, int64_t vertices, const ArrayView& values_a, c
   check_build_buffers(lattice, lattice.weights, "weights");
   check_linked_buffers(lattice, vertices);
   check_buffer(lattice.scratch, "scratch", DType::kUInt8, lattice.weights, "weights", true);
-  check_min_size(lattice.scratch, scratch_bytes(vertices, lattice.entries(), lattice.weights.is_cuda()), "scratch");
+  check_min_size(lattice.scratch, scratch_bytes(vertices, lattice.entries(), runs_on_cuda(lattice.weights)),
+                 "scratch");
   check_values(values_a, "values_a", vertices, lattice.weights);
   check_values(values_b, "values_b", vertices, lattice.weights);
   check_disjoint(with(lattice_buffers(lattice), {{values_a, "values_a"}, {values_b, "values_b"}}), {});

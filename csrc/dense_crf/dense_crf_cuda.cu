@@ -6,14 +6,12 @@
 // splat sums run in entry order (results repeat run to run). Filtering: one
 // thread per (vertex, lane) for splat and blur, per (pixel, lane) for slice,
 // any label count.
-#include <cub/device/device_scan.cuh>
-#include <cub/device/device_segmented_sort.cuh>
-
 #include <algorithm>
 #include <type_traits>
 #include <utility>
 
 #include "common/cuda_utils.h"
+#include "common/device_algorithms.h"
 #include "dense_crf/dense_crf.h"
 
 namespace wsss::dense_crf {
@@ -184,36 +182,32 @@ template <int D>
 void filter_impl(const Lattice& lat, int64_t vertices, const float* q, const float* norm, float* out, int64_t width,
                  float coefficient, bool accumulate, float* values_a, float* values_b, cudaStream_t stream) {
   const int64_t vertex_items = vertices * width;
-  splat_kernel<<<ceil_div(vertex_items, kThreads), kThreads, 0, stream>>>(
-      lat.splat_start.as<int32_t>(), lat.splat_pixels.as<int32_t>(), lat.splat_weights.as<float>(), q, vertices,
-      width, values_a);
+  WSSS_LAUNCH(splat_kernel, ceil_div(vertex_items, kThreads), kThreads, 0, stream, lat.splat_start.as<int32_t>(),
+              lat.splat_pixels.as<int32_t>(), lat.splat_weights.as<float>(), q, vertices, width, values_a);
   WSSS_CUDA_CHECK_LAUNCH();
   for (int j = 0; j <= D; ++j) {
-    blur_kernel<<<ceil_div(vertex_items, kThreads), kThreads, 0, stream>>>(
-        lat.neighbours.as<int32_t>() + 2 * j * vertices, values_a, vertices, width, values_b);
+    WSSS_LAUNCH(blur_kernel, ceil_div(vertex_items, kThreads), kThreads, 0, stream,
+                lat.neighbours.as<int32_t>() + 2 * j * vertices, values_a, vertices, width, values_b);
     WSSS_CUDA_CHECK_LAUNCH();
     std::swap(values_a, values_b);
   }
   const int64_t total_pixels = lat.images * lat.pixels();
-  slice_kernel<D><<<ceil_div(total_pixels * width, kThreads), kThreads, 0, stream>>>(
-      lat.entry_vertex.as<int32_t>(), lat.weights.as<float>(), values_a, norm, total_pixels, width,
-      coefficient * slice_alpha<D>(), accumulate, out);
+  WSSS_LAUNCH((slice_kernel<D>), ceil_div(total_pixels * width, kThreads), kThreads, 0, stream,
+              lat.entry_vertex.as<int32_t>(), lat.weights.as<float>(), values_a, norm, total_pixels, width,
+              coefficient * slice_alpha<D>(), accumulate, out);
   WSSS_CUDA_CHECK_LAUNCH();
 }
 
 size_t scan_bytes(int64_t vertices) {
   size_t bytes = 0;
-  WSSS_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, bytes, static_cast<const int32_t*>(nullptr),
-                                                static_cast<int32_t*>(nullptr), static_cast<int>(vertices)));
+  WSSS_CUDA_CHECK(device_exclusive_sum(nullptr, bytes, nullptr, nullptr, static_cast<int>(vertices)));
   return bytes;
 }
 
 size_t sort_bytes(int64_t vertices, int64_t entries) {
   size_t bytes = 0;
-  WSSS_CUDA_CHECK(cub::DeviceSegmentedSort::SortKeys(nullptr, bytes, static_cast<const int32_t*>(nullptr),
-                                                     static_cast<int32_t*>(nullptr), static_cast<int>(entries),
-                                                     static_cast<int>(vertices), static_cast<const int32_t*>(nullptr),
-                                                     static_cast<const int32_t*>(nullptr)));
+  WSSS_CUDA_CHECK(device_segmented_sort_keys(nullptr, bytes, nullptr, nullptr, static_cast<int>(entries),
+                                             static_cast<int>(vertices), nullptr, nullptr));
   return bytes;
 }
 
@@ -229,18 +223,17 @@ int64_t build_vertices_cuda(Lattice& lat, const ArrayView& image, double sxy, do
   WSSS_CUDA_CHECK(cudaMemsetAsync(counter, 0, sizeof(int32_t), stream));
   dispatch_dims(lat.dims, [&](auto d) {
     constexpr int D = decltype(d)::value;
-    embed_kernel<D><<<ceil_div(lat.images * pixels, kThreads), kThreads, 0, stream>>>(
-        image.as<uint8_t>(), lat.images, pixels, lat.width, make_embedding<D>(sxy, srgb), lat.simplex.as<int32_t>(),
-        lat.weights.as<float>());
+    WSSS_LAUNCH((embed_kernel<D>), ceil_div(lat.images * pixels, kThreads), kThreads, 0, stream, image.as<uint8_t>(),
+                lat.images, pixels, lat.width, make_embedding<D>(sxy, srgb), lat.simplex.as<int32_t>(),
+                lat.weights.as<float>());
     WSSS_CUDA_CHECK_LAUNCH();
-    insert_kernel<D><<<ceil_div(entries, kThreads), kThreads, 0, stream>>>(
-        lat.slots.as<int32_t>(), capacity - 1, lat.simplex.as<int32_t>(), entries, pixels * (D + 1),
-        lat.entry_rep.as<int32_t>());
+    WSSS_LAUNCH((insert_kernel<D>), ceil_div(entries, kThreads), kThreads, 0, stream, lat.slots.as<int32_t>(),
+                capacity - 1, lat.simplex.as<int32_t>(), entries, pixels * (D + 1), lat.entry_rep.as<int32_t>());
     WSSS_CUDA_CHECK_LAUNCH();
     return 0;
   });
-  number_vertices_kernel<<<ceil_div(entries, kThreads), kThreads, 0, stream>>>(
-      lat.entry_rep.as<int32_t>(), entries, counter, lat.entry_vertex.as<int32_t>(), lat.vertex_entry.as<int32_t>());
+  WSSS_LAUNCH(number_vertices_kernel, ceil_div(entries, kThreads), kThreads, 0, stream, lat.entry_rep.as<int32_t>(),
+              entries, counter, lat.entry_vertex.as<int32_t>(), lat.vertex_entry.as<int32_t>());
   WSSS_CUDA_CHECK_LAUNCH();
   int32_t vertices = 0;
   WSSS_CUDA_CHECK(cudaMemcpyAsync(&vertices, counter, sizeof vertices, cudaMemcpyDeviceToHost, stream));
@@ -263,13 +256,13 @@ void link_cuda(const Lattice& lat, int64_t vertices, float* values_a, float* val
   const uint64_t mask = static_cast<uint64_t>(lat.slots.shape[0]) - 1;
   const int entry_blocks = static_cast<int>(ceil_div(entries, kThreads));
 
-  resolve_kernel<<<entry_blocks, kThreads, 0, stream>>>(entry_rep, entries, entry_vertex);
+  WSSS_LAUNCH(resolve_kernel, entry_blocks, kThreads, 0, stream, entry_rep, entries, entry_vertex);
   WSSS_CUDA_CHECK_LAUNCH();
   dispatch_dims(lat.dims, [&](auto d) {
     constexpr int D = decltype(d)::value;
-    neighbours_kernel<D><<<ceil_div(vertices * (D + 1), kThreads), kThreads, 0, stream>>>(
-        lat.slots.as<int32_t>(), mask, lat.simplex.as<int32_t>(), lat.pixels() * (D + 1), vertex_entry, entry_vertex,
-        vertices, lat.neighbours.as<int32_t>());
+    WSSS_LAUNCH((neighbours_kernel<D>), ceil_div(vertices * (D + 1), kThreads), kThreads, 0, stream,
+                lat.slots.as<int32_t>(), mask, lat.simplex.as<int32_t>(), lat.pixels() * (D + 1), vertex_entry,
+                entry_vertex, vertices, lat.neighbours.as<int32_t>());
     WSSS_CUDA_CHECK_LAUNCH();
     return 0;
   });
@@ -278,23 +271,21 @@ void link_cuda(const Lattice& lat, int64_t vertices, float* values_a, float* val
   // holds counts then fill cursors, the second the unsorted lists.
   int32_t* counts = vertex_entry;
   WSSS_CUDA_CHECK(cudaMemsetAsync(counts, 0, vertices * sizeof(int32_t), stream));
-  count_kernel<<<entry_blocks, kThreads, 0, stream>>>(entry_vertex, entries, counts);
+  WSSS_LAUNCH(count_kernel, entry_blocks, kThreads, 0, stream, entry_vertex, entries, counts);
   WSSS_CUDA_CHECK_LAUNCH();
   size_t bytes = static_cast<size_t>(lat.scratch.numel());
-  WSSS_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(lat.scratch.data, bytes, counts, start, static_cast<int>(vertices),
-                                                stream));
-  set_value_kernel<<<1, 1, 0, stream>>>(start + vertices, static_cast<int32_t>(entries));
+  WSSS_CUDA_CHECK(device_exclusive_sum(lat.scratch.data, bytes, counts, start, static_cast<int>(vertices), stream));
+  WSSS_LAUNCH(set_value_kernel, 1, 1, 0, stream, start + vertices, static_cast<int32_t>(entries));
   WSSS_CUDA_CHECK_LAUNCH();
   int32_t* cursor = counts;
   WSSS_CUDA_CHECK(cudaMemcpyAsync(cursor, start, vertices * sizeof(int32_t), cudaMemcpyDeviceToDevice, stream));
-  fill_kernel<<<entry_blocks, kThreads, 0, stream>>>(entry_vertex, entries, cursor, entry_rep);
+  WSSS_LAUNCH(fill_kernel, entry_blocks, kThreads, 0, stream, entry_vertex, entries, cursor, entry_rep);
   WSSS_CUDA_CHECK_LAUNCH();
   bytes = static_cast<size_t>(lat.scratch.numel());
   int32_t* pixels = lat.splat_pixels.as<int32_t>();
   float* splat_weights = lat.splat_weights.as<float>();
-  WSSS_CUDA_CHECK(cub::DeviceSegmentedSort::SortKeys(lat.scratch.data, bytes, entry_rep, pixels,
-                                                     static_cast<int>(entries), static_cast<int>(vertices), start,
-                                                     start + 1, stream));
+  WSSS_CUDA_CHECK(device_segmented_sort_keys(lat.scratch.data, bytes, entry_rep, pixels, static_cast<int>(entries),
+                                             static_cast<int>(vertices), start, start + 1, stream));
 
   // Symmetric normalisation from the filtered ones, then folded into the
   // splat weights (the slice applies it per pixel).
@@ -302,15 +293,15 @@ void link_cuda(const Lattice& lat, int64_t vertices, float* values_a, float* val
   const int64_t total_pixels = lat.images * lat.pixels();
   dispatch_dims(lat.dims, [&](auto d) {
     constexpr int D = decltype(d)::value;
-    entries_to_pixels_kernel<D><<<entry_blocks, kThreads, 0, stream>>>(lat.weights.as<float>(), entries, pixels,
-                                                                       splat_weights);
+    WSSS_LAUNCH((entries_to_pixels_kernel<D>), entry_blocks, kThreads, 0, stream, lat.weights.as<float>(), entries,
+                pixels, splat_weights);
     WSSS_CUDA_CHECK_LAUNCH();
     filter_impl<D>(lat, vertices, nullptr, nullptr, norm, 1, 1.f, false, values_a, values_b, stream);
     return 0;
   });
-  inverse_sqrt_kernel<<<ceil_div(total_pixels, kThreads), kThreads, 0, stream>>>(norm, total_pixels);
+  WSSS_LAUNCH(inverse_sqrt_kernel, ceil_div(total_pixels, kThreads), kThreads, 0, stream, norm, total_pixels);
   WSSS_CUDA_CHECK_LAUNCH();
-  fold_norm_kernel<<<entry_blocks, kThreads, 0, stream>>>(pixels, norm, entries, splat_weights);
+  WSSS_LAUNCH(fold_norm_kernel, entry_blocks, kThreads, 0, stream, pixels, norm, entries, splat_weights);
   WSSS_CUDA_CHECK_LAUNCH();
 }
 
@@ -332,8 +323,8 @@ void softmax_cuda(const ArrayView& unary, const float* pairwise, float* q, int64
   const int64_t rows = unary.shape[0] * pixels;
   dispatch_floating(unary.dtype, "unary", [&](auto tag) {
     using U = decltype(tag);
-    softmax_kernel<U><<<ceil_div(rows, kThreads), kThreads, 0, as_cuda_stream(stream_handle)>>>(
-        unary.as<U>(), pairwise, q, rows, n_labels, pixels, width, q_out);
+    WSSS_LAUNCH((softmax_kernel<U>), ceil_div(rows, kThreads), kThreads, 0, as_cuda_stream(stream_handle),
+                unary.as<U>(), pairwise, q, rows, n_labels, pixels, width, q_out);
     WSSS_CUDA_CHECK_LAUNCH();
   });
 }

@@ -58,7 +58,7 @@ __global__ void transpose_kernel(const T* grad, const uint32_t* bits, T* grad_x,
 template <class T>
 __global__ void counts_kernel(const uint32_t* bits, T* counts, int64_t height, int64_t width, int kernel_size,
                               float keep_scale) {
-  __shared__ int64_t partial[kThreads];
+  WSSS_SHARED_ARRAY(int64_t, partial, kThreads);
   const int64_t rc = blockIdx.x, plane = height * width;
   const int taps = kernel_size * kernel_size;
   for (int tap = 0; tap < taps; ++tap) {
@@ -87,9 +87,8 @@ void mask_bits_cuda(const BitsArgs& args, uintptr_t stream_handle) {
   CudaDeviceGuard guard(args.bits.device_index);
   const cudaStream_t stream = as_cuda_stream(stream_handle);
   const int64_t total = args.bits.numel();
-  bits_kernel<<<ceil_div(total, kThreads), kThreads, 0, stream>>>(args.bits.as<uint32_t>(), args.bits.shape[1],
-                                                                  args.bits.shape[2] * args.bits.shape[3], total,
-                                                                  args.mask, args.first_row);
+  WSSS_LAUNCH(bits_kernel, ceil_div(total, kThreads), kThreads, 0, stream, args.bits.as<uint32_t>(), args.bits.shape[1],
+              args.bits.shape[2] * args.bits.shape[3], total, args.mask, args.first_row);
   WSSS_CUDA_CHECK_LAUNCH();
 }
 
@@ -105,13 +104,13 @@ void masked_tap_cuda(const TapArgs& args, uintptr_t stream_handle) {
       [&](auto tag) {
         using T = compute_t<decltype(tag)>;
         if (args.transpose) {
-          transpose_kernel<T><<<ceil_div(x.numel(), kThreads), kThreads, 0, stream>>>(
-              rows.as<const T>(), bits, x.as<T>(), rows.shape[0] / batch, batch, channels, height, width,
-              args.kernel_size, args.keep_scale, args.tap);
+          WSSS_LAUNCH((transpose_kernel<T>), ceil_div(x.numel(), kThreads), kThreads, 0, stream, rows.as<const T>(),
+                      bits, x.as<T>(), rows.shape[0] / batch, batch, channels, height, width, args.kernel_size,
+                      args.keep_scale, args.tap);
         } else {
-          forward_kernel<T><<<ceil_div(rows.numel(), kThreads), kThreads, 0, stream>>>(
-              x.as<const T>(), bits, rows.as<T>(), rows.shape[0], batch, channels, height, width, args.kernel_size,
-              args.keep_scale, args.tap);
+          WSSS_LAUNCH((forward_kernel<T>), ceil_div(rows.numel(), kThreads), kThreads, 0, stream, x.as<const T>(), bits,
+                      rows.as<T>(), rows.shape[0], batch, channels, height, width, args.kernel_size, args.keep_scale,
+                      args.tap);
         }
         WSSS_CUDA_CHECK_LAUNCH();
       },
@@ -127,9 +126,9 @@ void mask_counts_cuda(const CountArgs& args, uintptr_t stream_handle) {
       args.counts.dtype, "counts",
       [&](auto tag) {
         using T = compute_t<decltype(tag)>;
-        counts_kernel<T><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
-            args.bits.as<const uint32_t>(), args.counts.as<T>(), args.bits.shape[2], args.bits.shape[3],
-            args.kernel_size, args.keep_scale);
+        WSSS_LAUNCH((counts_kernel<T>), static_cast<unsigned int>(blocks), kThreads, 0, stream,
+                    args.bits.as<const uint32_t>(), args.counts.as<T>(), args.bits.shape[2], args.bits.shape[3],
+                    args.kernel_size, args.keep_scale);
         WSSS_CUDA_CHECK_LAUNCH();
       },
       /*allow_half=*/false);

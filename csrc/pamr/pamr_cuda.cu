@@ -78,9 +78,9 @@ void affinity_cuda(const AffinityArgs& args, uintptr_t stream_handle) {
   dispatch_floating(args.image.dtype, "image", [&](auto storage_tag) {
     using S = decltype(storage_tag);
     using C = compute_t<S>;
-    affinity_kernel<C, S><<<ceil_div(batch * height * width, kThreads), kThreads, 0, stream>>>(
-        args.image.as<const S>(), batch, channels, height, width, args.dilations, static_cast<C>(args.sigma),
-        args.weights.as<C>());
+    WSSS_LAUNCH((affinity_kernel<C, S>), ceil_div(batch * height * width, kThreads), kThreads, 0, stream,
+                args.image.as<const S>(), batch, channels, height, width, args.dilations, static_cast<C>(args.sigma),
+                args.weights.as<C>());
     WSSS_CUDA_CHECK_LAUNCH();
   });
 }
@@ -96,9 +96,8 @@ void propagate_cuda(const PropagateArgs& args, uintptr_t stream_handle) {
       [&](auto storage_tag) {
         using C = compute_t<decltype(storage_tag)>;
         auto kernel = args.transpose ? propagate_kernel<C, true> : propagate_kernel<C, false>;
-        kernel<<<ceil_div(threads, kThreads), kThreads, 0, stream>>>(args.weights.as<const C>(), args.mask.as<const C>(),
-                                                                      args.out.as<C>(), batch, channels, height, width,
-                                                                      args.dilations);
+        WSSS_LAUNCH(kernel, ceil_div(threads, kThreads), kThreads, 0, stream, args.weights.as<const C>(),
+                    args.mask.as<const C>(), args.out.as<C>(), batch, channels, height, width, args.dilations);
         WSSS_CUDA_CHECK_LAUNCH();
       },
       /*allow_half=*/false);

@@ -58,9 +58,9 @@ void forward_cuda(const ForwardArgs& args, uintptr_t stream_handle) {
       args.query.dtype, "query",
       [&](auto tag) {
         using T = compute_t<decltype(tag)>;
-        forward_kernel<T><<<ceil_div(threads, kThreads), kThreads, 0, stream>>>(
-            pb, args.query.as<const T>(), args.keys.as<const T>(), args.values.as<const T>(), args.out.as<T>(),
-            args.stats.as<T>(), args.topk_index.as<int32_t>());
+        WSSS_LAUNCH((forward_kernel<T>), ceil_div(threads, kThreads), kThreads, 0, stream, pb, args.query.as<const T>(),
+                    args.keys.as<const T>(), args.values.as<const T>(), args.out.as<T>(), args.stats.as<T>(),
+                    args.topk_index.as<int32_t>());
         WSSS_CUDA_CHECK_LAUNCH();
       },
       /*allow_half=*/false);
@@ -81,12 +81,12 @@ void backward_cuda(const BackwardArgs& args, uintptr_t stream_handle) {
         const T* stats = args.stats.as<const T>();
         const T* delta = args.delta.as<const T>();
         const int32_t* topk_index = args.topk_index.as<const int32_t>();
-        query_grad_kernel<T><<<ceil_div(pb.batch * pb.pixels(), kThreads), kThreads, 0, stream>>>(
-            pb, query, keys, values, grad_out, stats, delta, topk_index, args.grad_query.as<T>());
+        WSSS_LAUNCH((query_grad_kernel<T>), ceil_div(pb.batch * pb.pixels(), kThreads), kThreads, 0, stream, pb, query,
+                    keys, values, grad_out, stats, delta, topk_index, args.grad_query.as<T>());
         WSSS_CUDA_CHECK_LAUNCH();
-        frame_grad_kernel<T><<<ceil_div(pb.batch * pb.refs * pb.pixels(), kThreads), kThreads, 0, stream>>>(
-            pb, query, keys, values, grad_out, stats, delta, topk_index, args.grad_keys.as<T>(),
-            args.grad_values.as<T>());
+        WSSS_LAUNCH((frame_grad_kernel<T>), ceil_div(pb.batch * pb.refs * pb.pixels(), kThreads), kThreads, 0, stream,
+                    pb, query, keys, values, grad_out, stats, delta, topk_index, args.grad_keys.as<T>(),
+                    args.grad_values.as<T>());
         WSSS_CUDA_CHECK_LAUNCH();
       },
       /*allow_half=*/false);

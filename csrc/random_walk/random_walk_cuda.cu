@@ -30,7 +30,7 @@ __device__ T read_source(const T* tile, int tile_width, int tile_height, int hal
 template <class T, bool kTranspose>
 __global__ void step_kernel(const T* weights, const int32_t* offsets, int taps, const T* x, T* y, int64_t channels,
                             int64_t height, int64_t width, int halo, bool use_tile) {
-  extern __shared__ unsigned char shared_raw[];
+  WSSS_DYNAMIC_SHARED(unsigned char, shared_raw);
   T* shared = reinterpret_cast<T*>(shared_raw);
   const int tile_width = kTileX + 2 * halo, tile_height = kTileY + 2 * halo;
   const int tile_size = tile_width * tile_height;
@@ -112,9 +112,9 @@ void step_cuda(const StepArgs& args, uintptr_t stream_handle) {
         const dim3 grid(ceil_div(width, kTileX), ceil_div(height, kTileY), static_cast<unsigned int>(batch));
         const dim3 block(kTileX, kTileY);
         auto kernel = args.transpose ? step_kernel<T, true> : step_kernel<T, false>;
-        kernel<<<grid, block, use_tile ? shared_bytes : 0, stream>>>(
-            args.weights.as<const T>(), args.offsets.as<const int32_t>(), taps, args.x.as<const T>(), args.y.as<T>(),
-            channels, height, width, use_tile ? halo : 0, use_tile);
+        WSSS_LAUNCH(kernel, grid, block, use_tile ? shared_bytes : 0, stream, args.weights.as<const T>(),
+                    args.offsets.as<const int32_t>(), taps, args.x.as<const T>(), args.y.as<T>(), channels, height,
+                    width, use_tile ? halo : 0, use_tile);
         WSSS_CUDA_CHECK_LAUNCH();
       },
       /*allow_half=*/false);
@@ -129,9 +129,9 @@ void weight_grad_cuda(const WeightGradArgs& args, uintptr_t stream_handle) {
       args.grad_weights.dtype, "grad_weights",
       [&](auto tag) {
         using T = compute_t<decltype(tag)>;
-        weight_grad_kernel<T><<<ceil_div(batch * taps * height * width, kThreads), kThreads, 0, stream>>>(
-            args.grad_y.as<const T>(), args.x.as<const T>(), args.offsets.as<const int32_t>(), args.grad_weights.as<T>(),
-            batch, taps, channels, height, width);
+        WSSS_LAUNCH((weight_grad_kernel<T>), ceil_div(batch * taps * height * width, kThreads), kThreads, 0, stream,
+                    args.grad_y.as<const T>(), args.x.as<const T>(), args.offsets.as<const int32_t>(),
+                    args.grad_weights.as<T>(), batch, taps, channels, height, width);
         WSSS_CUDA_CHECK_LAUNCH();
       },
       /*allow_half=*/false);

@@ -104,7 +104,7 @@ void step(const StepArgs& args, uintptr_t stream) {
   const int64_t n = args.scores.shape[0], k = args.scores.shape[1];
   check_buffer(args.f, args.scores, {k}, "f", false);
   check_buffer(args.g, args.scores, {n}, "g", args.update_g);
-  check_buffer(args.partials, args.scores, {2, num_chunks(n, args.scores.is_cuda()), k}, "partials", true);
+  check_buffer(args.partials, args.scores, {2, num_chunks(n, runs_on_cuda(args.scores)), k}, "partials", true);
   check_buffer(args.col_max, args.scores, {k}, "col_max", true);
   check_buffer(args.col_sumexp, args.scores, {k}, "col_sumexp", true);
   WSSS_CHECK(std::isfinite(args.inv_eps) && args.inv_eps > 0, "inv_eps must be finite and positive, got ",

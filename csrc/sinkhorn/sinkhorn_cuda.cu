@@ -94,16 +94,16 @@ void step_cuda(const StepArgs& args, uintptr_t stream_handle) {
     C* g = args.g.as<C>();
     C* partials = args.partials.as<C>();
     if (args.update_g) {
-      sample_potential_kernel<C, S><<<ceil_div(n, kRowsPerBlock), kRowsPerBlock * kWarp, 0, stream>>>(
-          scores, args.f.as<const C>(), g, n, k_count, inv_eps, static_cast<C>(args.log_n));
+      WSSS_LAUNCH((sample_potential_kernel<C, S>), ceil_div(n, kRowsPerBlock), kRowsPerBlock * kWarp, 0, stream, scores,
+                  args.f.as<const C>(), g, n, k_count, inv_eps, static_cast<C>(args.log_n));
       WSSS_CUDA_CHECK_LAUNCH();
     }
     const dim3 grid(ceil_div(k_count, kColumnThreads), static_cast<unsigned int>(chunks));
-    column_partials_kernel<C, S><<<grid, kColumnThreads, 0, stream>>>(scores, g, partials, n, k_count, chunks,
-                                                                       chunk_rows(n, chunks), inv_eps);
+    WSSS_LAUNCH((column_partials_kernel<C, S>), grid, kColumnThreads, 0, stream, scores, g, partials, n, k_count,
+                chunks, chunk_rows(n, chunks), inv_eps);
     WSSS_CUDA_CHECK_LAUNCH();
-    merge_chunks_kernel<C><<<ceil_div(k_count, 256), 256, 0, stream>>>(partials, chunks, k_count,
-                                                                        args.col_max.as<C>(), args.col_sumexp.as<C>());
+    WSSS_LAUNCH((merge_chunks_kernel<C>), ceil_div(k_count, 256), 256, 0, stream, partials, chunks, k_count,
+                args.col_max.as<C>(), args.col_sumexp.as<C>());
     WSSS_CUDA_CHECK_LAUNCH();
   });
 }
@@ -115,9 +115,9 @@ void codes_cuda(const CodesArgs& args, uintptr_t stream_handle) {
     using S = decltype(storage_tag);
     using C = compute_t<S>;
     const int64_t n = args.scores.shape[0], k_count = args.scores.shape[1];
-    codes_kernel<C, S><<<ceil_div(n, kRowsPerBlock), kRowsPerBlock * kWarp, 0, stream>>>(
-        args.scores.as<const S>(), args.f.as<const C>(), args.codes.as<C>(), n, k_count,
-        static_cast<C>(args.inv_eps));
+    WSSS_LAUNCH((codes_kernel<C, S>), ceil_div(n, kRowsPerBlock), kRowsPerBlock * kWarp, 0, stream,
+                args.scores.as<const S>(), args.f.as<const C>(), args.codes.as<C>(), n, k_count,
+                static_cast<C>(args.inv_eps));
     WSSS_CUDA_CHECK_LAUNCH();
   });
 }

@@ -125,6 +125,13 @@ def check_allocation(shape: Sequence[int], dtype: torch.dtype, device: torch.dev
                          f"{size / 2**30:.4g} GiB, more than the {available / 2**30:.4g} GiB of {device}")
 
 
+def runs_on_cuda(tensor: torch.Tensor) -> bool:
+    """Whether the kernels run their CUDA launchers on ``tensor``: a CUDA
+    tensor, or any tensor under ``wsss_ext.testing.emulate_cuda()`` (the
+    emulation build), where buffers sized for the CUDA kernels are needed."""
+    return tensor.is_cuda or _C.cuda_emulation_enabled()
+
+
 def cuda_stream(tensor: torch.Tensor) -> int:
     """The handle of the current stream on the tensor's device (0 on the CPU)."""
     return torch.cuda.current_stream(tensor.device).cuda_stream if tensor.is_cuda else 0

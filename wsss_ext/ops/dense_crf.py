@@ -36,6 +36,7 @@ from wsss_ext.ops._checks import (
     fast_custom_op,
     require_all,
     require_finite,
+    runs_on_cuda,
     vmap_into_batch,
 )
 
@@ -113,7 +114,7 @@ def _link_lattice(lattice: dict, vertices: int, values_a: Tensor, values_b: Tens
     lattice["splat_pixels"] = torch.empty(entries, **int32)
     lattice["splat_weights"] = torch.empty(entries, dtype=torch.float32, device=device)
     lattice["norm"] = torch.empty(entries // (lattice["dims"] + 1), dtype=torch.float32, device=device)
-    scratch_bytes = _C.dense_crf_scratch_bytes(vertices, entries, device.type == "cuda")
+    scratch_bytes = _C.dense_crf_scratch_bytes(vertices, entries, runs_on_cuda(lattice["weights"]))
     lattice["scratch"] = torch.empty(scratch_bytes, dtype=torch.uint8, device=device)
     _C.dense_crf_link(lattice, vertices, values_a, values_b, stream)
     for build_only in ("simplex", "entry_rep", "vertex_entry", "slots", "counter", "scratch"):
@@ -143,9 +144,10 @@ def _dense_crf(
         else:
             kernels.append((dims, sxy, srgb, weight))
     batch, _, height, width = unary.shape
-    if not unary.is_cuda and height * width <= _CPU_IMAGE_PIXELS:
+    cuda = runs_on_cuda(unary)
+    if not cuda and height * width <= _CPU_IMAGE_PIXELS:
         return _mean_field_by_image(unary, image, n_iters, kernels, identity_weight)
-    chunk_pixels = _MAX_PIXELS if unary.is_cuda else _CPU_CHUNK_PIXELS
+    chunk_pixels = _MAX_PIXELS if cuda else _CPU_CHUNK_PIXELS
     if batch * height * width <= chunk_pixels:
         return _mean_field(unary, image, n_iters, kernels, identity_weight)
     # On the CPU a whole batch gains nothing over a few images at a time (each
@@ -185,7 +187,7 @@ def _mean_field(
     device = unary.device
     out = torch.empty(unary.shape, dtype=torch.float32, device=device)
     # Pixel-major rows; on the CPU padded to whole 8-float vectors.
-    row = n_labels if unary.is_cuda else -(-n_labels // 8) * 8
+    row = n_labels if runs_on_cuda(unary) else -(-n_labels // 8) * 8
     q = torch.empty((batch * height * width, row), dtype=torch.float32, device=device)
     if not kernels and identity_weight == 0:
         _C.dense_crf_softmax(unary, None, q, out, stream)

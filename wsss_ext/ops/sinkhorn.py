@@ -38,6 +38,7 @@ from wsss_ext.ops._checks import (
     plain_eager,
     refuse_under_compile,
     require_finite,
+    runs_on_cuda,
     vmap_by_loop,
 )
 
@@ -59,7 +60,7 @@ def _compute_dtype(scores: Tensor) -> torch.dtype:
 def _run_step(scores: Tensor, f: Tensor, g: Tensor, inv_eps: float, log_n: float, update_g: bool):
     n, k = scores.shape
     dtype = _compute_dtype(scores)
-    chunks = _C.sinkhorn_num_chunks(n, scores.is_cuda)
+    chunks = _C.sinkhorn_num_chunks(n, runs_on_cuda(scores))
     partials = torch.empty((2, chunks, k), dtype=dtype, device=scores.device)
     col_max = torch.empty(k, dtype=dtype, device=scores.device)
     col_sumexp = torch.empty(k, dtype=dtype, device=scores.device)
