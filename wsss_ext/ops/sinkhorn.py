@@ -233,7 +233,7 @@ def sinkhorn_knopp(
     scores = scores.detach().contiguous()
     dtype = _compute_dtype(scores)
     inv_eps = 1.0 / epsilon
-    if tol is None and process_group is None and not runs_on_cuda(scores) and plain_eager((scores,)):
+    if tol is None and process_group is None and plain_eager((scores,)) and not runs_on_cuda(scores):
         return _solve_on_cpu(scores, dtype, inv_eps, n_iters, epsilon)
     log_k = math.log(k)
     log_n = math.log(_global_count(n, scores.device, process_group))
