@@ -49,7 +49,7 @@ void parallel_blocks(int64_t n, Body&& body) {
     return;
   }
   const int64_t blocks = (n + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(dynamic, 4)
+#pragma omp parallel for num_threads(cpu_threads()) schedule(dynamic, 4)
   for (int64_t b = 0; b < blocks; ++b) body(b * kBlock, std::min(n, (b + 1) * kBlock));
 }
 
@@ -569,7 +569,8 @@ void mean_field_cpu(const MeanFieldArgs& args) {
     using U = decltype(tag);
     // One region for the whole call; each thread owns workspace row
     // thread_index() and takes whole images.
-#pragma omp parallel num_threads(static_cast<int>(std::min(workers, batch))) if (workers > 1 && batch > 1)
+    const int threads = static_cast<int>(std::min<int64_t>({workers, batch, cpu_threads()}));
+#pragma omp parallel num_threads(threads) if (threads > 1)
     {
       ImageWorkspace ws = carve_workspace(base + thread_index() * row_bytes, args.unary.shape[2],
                                           args.unary.shape[3], args.unary.shape[1], dims, args.n_kernels, nullptr);
@@ -605,7 +606,7 @@ void softmax_cpu(const ArrayView& unary, const float* pairwise, float* q, int64_
     // Blocks never straddle two images: parallel over (image, pixel block).
     const int64_t blocks_per_image = (pixels + kBlock - 1) / kBlock;
     const int64_t blocks = unary.shape[0] * blocks_per_image;
-#pragma omp parallel if (blocks * kBlock > kMinParallelItems)
+#pragma omp parallel num_threads(cpu_threads()) if (blocks * kBlock > kMinParallelItems)
     {
       std::vector<float> energy(static_cast<size_t>(kSoftmaxBlock * n_labels));
 #pragma omp for schedule(static)

@@ -257,6 +257,8 @@ _INFRA_KEYS = (
     torch._C._TorchDispatchModeKey.FUNCTIONAL,
 )
 _Tensor = torch.Tensor
+_get_num_threads = torch.get_num_threads
+_set_cpu_threads = _C.set_cpu_threads
 
 
 def _plain_eager(args: Sequence[object], differentiable: bool) -> bool:
@@ -298,6 +300,10 @@ class FastCustomOp:
         self.__doc__ = fn.__doc__
 
     def __call__(self, *args):
+        # The CPU kernels follow torch's thread count (1 in DataLoader
+        # workers); the extension does not link torch, so it is passed here,
+        # for the calling thread, before every op.
+        _set_cpu_threads(_get_num_threads())
         if _plain_eager(args, self.differentiable):
             return self.impl(*args)
         return self.op(*args)

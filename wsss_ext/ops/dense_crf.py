@@ -167,7 +167,7 @@ def _mean_field_by_image(
     images in its own row of the workspace (bit for bit the batched path's result)."""
     batch, n_labels, height, width = unary.shape
     out = torch.empty(unary.shape, dtype=torch.float32)
-    workers = max(1, min(batch, _C.cpu_max_threads()))
+    workers = max(1, min(batch, _C.cpu_threads()))
     row_bytes = _C.dense_crf_workspace_bytes(height * width, n_labels, [dims for dims, *_ in kernels])
     workspace = torch.empty((workers, row_bytes), dtype=torch.uint8)
     _C.dense_crf_mean_field(unary, image, out, workspace, n_iters, kernels, identity_weight)
