@@ -384,11 +384,19 @@ WSSS_CPU_VECTORIZED void softmax_range(const U* unary, int64_t n_labels, int64_t
       for (int64_t k = 0; k < count; ++k) x[k] = -load_as<float>(image_unary, l * pixels + i0 + k);
       for (int64_t k = count; k < K; ++k) x[k] = 0.f;  // lanes past the image: computed, not stored
     }
-    if (pairwise)
+    if (pairwise && count == K) {
+      // Label by label across the block's rows: a strided (gathered) read
+      // but whole-vector adds, instead of one scalar add per element.
+      const float* rows = pairwise + first * width;
+      for (int64_t l = 0; l < n_labels; ++l)
+#pragma omp simd
+        for (int64_t k = 0; k < K; ++k) block[l * K + k] += rows[k * width + l];
+    } else if (pairwise) {
       for (int64_t k = 0; k < count; ++k) {
         const float* row = pairwise + (first + k) * width;
         for (int64_t l = 0; l < n_labels; ++l) block[l * K + k] += row[l];
       }
+    }
     float max[K], sum[K];
     for (int64_t k = 0; k < K; ++k) max[k] = -INFINITY;
     for (int64_t l = 0; l < n_labels; ++l)
@@ -406,10 +414,19 @@ WSSS_CPU_VECTORIZED void softmax_range(const U* unary, int64_t n_labels, int64_t
     for (int64_t l = 0; l < n_labels; ++l)
 #pragma omp simd
       for (int64_t k = 0; k < K; ++k) block[l * K + k] *= sum[k];
-    for (int64_t k = 0; k < count; ++k) {
-      float* row = q + (first + k) * width;
-      for (int64_t l = 0; l < n_labels; ++l) row[l] = block[l * K + k];
-      for (int64_t l = n_labels; l < width; ++l) row[l] = 0.f;
+    if (count == K) {
+      float* rows = q + first * width;  // the same transpose, as whole-vector (scattered) stores
+      for (int64_t l = 0; l < n_labels; ++l)
+#pragma omp simd
+        for (int64_t k = 0; k < K; ++k) rows[k * width + l] = block[l * K + k];
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t l = n_labels; l < width; ++l) rows[k * width + l] = 0.f;
+    } else {
+      for (int64_t k = 0; k < count; ++k) {
+        float* row = q + (first + k) * width;
+        for (int64_t l = 0; l < n_labels; ++l) row[l] = block[l * K + k];
+        for (int64_t l = n_labels; l < width; ++l) row[l] = 0.f;
+      }
     }
     if (image_out)
       for (int64_t l = 0; l < n_labels; ++l)
