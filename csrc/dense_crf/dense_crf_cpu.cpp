@@ -116,6 +116,23 @@ int64_t build_vertices_impl(Lattice& lat, const uint8_t* image, double sxy, doub
 
 constexpr int64_t kLanes = 8;
 
+// Sums of rows held in registers, 8 lanes at a time: adding into a row in
+// memory makes each term wait for the previous one's store. GCC / clang
+// vector types (the loops below did not vectorise with an array
+// accumulator); other compilers take the plain loops.
+#if defined(__GNUC__)
+#define WSSS_CRF_REGISTER_ROWS 1
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
+inline Lanes load_lanes(const float* p) {
+  Lanes v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store_lanes(float* p, Lanes v) { __builtin_memcpy(p, &v, sizeof v); }
+#else
+#define WSSS_CRF_REGISTER_ROWS 0
+#endif
+
 // dst[l] += w * src[l]
 inline void axpy_row(float* dst, float w, const float* src, int64_t width) {
   if (width % kLanes == 0) {
@@ -128,6 +145,9 @@ inline void axpy_row(float* dst, float w, const float* src, int64_t width) {
 }
 
 // values[v] = sum over v's entries of w * q[pixel]; q null: a signal of ones.
+// Whole rows are summed 8 lanes at a time in a register, entry after entry,
+// and stored once: adding into the row in memory made every entry wait for
+// the previous one's store (the same sums, in the same order).
 WSSS_CPU_VECTORIZED void splat_range(const Lattice& lat, int64_t v0, int64_t v1, const float* q, float* values,
                                      int64_t width) {
   const int32_t* start = lat.splat_start.as<int32_t>();
@@ -135,11 +155,21 @@ WSSS_CPU_VECTORIZED void splat_range(const Lattice& lat, int64_t v0, int64_t v1,
   const float* weights = lat.splat_weights.as<float>();
   for (int64_t v = v0; v < v1; ++v) {
     float* dst = values + v * width;
-    for (int64_t l = 0; l < width; ++l) dst[l] = 0.f;
-    for (int32_t i = start[v]; i < start[v + 1]; ++i) {
-      if (q == nullptr)
-        dst[0] += weights[i];
-      else
+    if (q == nullptr) {
+      for (int64_t l = 0; l < width; ++l) dst[l] = 0.f;
+      for (int32_t i = start[v]; i < start[v + 1]; ++i) dst[0] += weights[i];
+#if WSSS_CRF_REGISTER_ROWS
+    } else if (width % kLanes == 0) {
+      for (int64_t l = 0; l < width; l += kLanes) {
+        Lanes acc = {};
+        for (int32_t i = start[v]; i < start[v + 1]; ++i)
+          acc += weights[i] * load_lanes(q + static_cast<int64_t>(pixels[i]) * width + l);
+        store_lanes(dst + l, acc);
+      }
+#endif
+    } else {
+      for (int64_t l = 0; l < width; ++l) dst[l] = 0.f;
+      for (int32_t i = start[v]; i < start[v + 1]; ++i)
         axpy_row(dst, weights[i], q + static_cast<int64_t>(pixels[i]) * width, width);
     }
   }
@@ -174,9 +204,26 @@ WSSS_CPU_VECTORIZED void slice_range(const Lattice& lat, int64_t p0, int64_t p1,
   const float scale = coefficient * slice_alpha<D>();
   for (int64_t p = p0; p < p1; ++p) {
     float* dst = out + p * width;
+    const float pixel_scale = norm ? scale * norm[p] : scale;
+#if WSSS_CRF_REGISTER_ROWS
+    if (width % kLanes == 0) {  // in registers, as splat_range
+      const float* rows[D + 1];
+      float w[D + 1];
+      for (int r = 0; r <= D; ++r) {
+        const int64_t e = p * (D + 1) + r;
+        rows[r] = values + static_cast<int64_t>(entry_vertex[e]) * width;
+        w[r] = pixel_scale * weights[e];
+      }
+      for (int64_t l = 0; l < width; l += kLanes) {
+        Lanes acc = accumulate ? load_lanes(dst + l) : Lanes{};
+        for (int r = 0; r <= D; ++r) acc += w[r] * load_lanes(rows[r] + l);
+        store_lanes(dst + l, acc);
+      }
+      continue;
+    }
+#endif
     if (!accumulate)
       for (int64_t l = 0; l < width; ++l) dst[l] = 0.f;
-    const float pixel_scale = norm ? scale * norm[p] : scale;
     for (int r = 0; r <= D; ++r) {
       const int64_t e = p * (D + 1) + r;
       axpy_row(dst, pixel_scale * weights[e], values + static_cast<int64_t>(entry_vertex[e]) * width, width);
