@@ -302,8 +302,10 @@ class FastCustomOp:
     def __call__(self, *args):
         # The CPU kernels follow torch's thread count (1 in DataLoader
         # workers); the extension does not link torch, so it is passed here,
-        # for the calling thread, before every op.
-        _set_cpu_threads(_get_num_threads())
+        # for the calling thread, before every eager op. (Not while tracing:
+        # a compiled graph's kernels keep the count of the last eager call.)
+        if not _is_compiling():
+            _set_cpu_threads(_get_num_threads())
         if _plain_eager(args, self.differentiable):
             return self.impl(*args)
         return self.op(*args)
