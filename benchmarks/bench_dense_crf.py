@@ -12,11 +12,18 @@ Cases, at the shapes the methods run the CRF:
 Images are scikit-image's photographs, resized and cropped; unaries come from
 CAM-like probabilities (coarse random logits upsampled, plus pixel noise).
 pydensecrf runs image by image on the CPU (a GPU run compares against it
-too: it is what users replace). Agreement with pydensecrf is reported as
-the fraction of pixels with the same argmax and the largest |Q difference|.
+too: it is what users replace); for ``sec_loss`` also in a pool of as many
+processes as wsss_ext has threads (``pydensecrf_pool``, what WSSS code does
+to use more cores; the pool is started and warmed up before the timing).
+Agreement with pydensecrf is reported as the fraction of pixels with the
+same argmax and the largest |Q difference|. ``ns_per_pixel_label`` is the
+cost of one mean-field iteration, (t(10 iterations) - t(1)) / 9 per pixel
+and label, for both: the distance to memory bandwidth.
 """
 
 from __future__ import annotations
+
+import multiprocessing
 
 import numpy as np
 import torch
@@ -87,13 +94,37 @@ def pydensecrf_batch(dcrf, unary: np.ndarray, images_hwc: np.ndarray, n_iters: i
     return out
 
 
-def _case(case: str, batch: int, height: int, width: int, params: dict, device: torch.device, long: bool) -> dict:
+def _pydensecrf_image(task: tuple) -> np.ndarray:
+    """One image with pydensecrf, in a pool worker: (unary [L, H, W], image [H, W, 3], n_iters, params)."""
+    unary, image_hwc, n_iters, params = task
+    return pydensecrf_batch(_pydensecrf(), unary[None], image_hwc[None], n_iters, params)[0]
+
+
+def _pydensecrf_pool(pool, unary: np.ndarray, images_hwc: np.ndarray, n_iters: int, params: dict) -> np.ndarray:
+    """pydensecrf over a process pool, image by image."""
+    import bench_dense_crf  # by import name: run.py loads this file under another module object
+
+    tasks = [(unary[b], images_hwc[b], n_iters, params) for b in range(unary.shape[0])]
+    return np.stack(pool.map(bench_dense_crf._pydensecrf_image, tasks, chunksize=max(1, len(tasks) // (4 * pool._processes))))
+
+
+def _ns_per_pixel_label(run, batch: int, height: int, width: int, device, repeats: dict) -> float:
+    """One mean-field iteration's cost: (t(N_ITERS) - t(1)) / (N_ITERS - 1) per pixel and label."""
+    from common import time_call
+
+    ms = {n: time_call(lambda n=n: run(n), device=device, **repeats)["median_ms"] for n in (1, N_ITERS)}
+    return (ms[N_ITERS] - ms[1]) / (N_ITERS - 1) * 1e6 / (batch * height * width * N_LABELS)
+
+
+def _case(case: str, batch: int, height: int, width: int, params: dict, device: torch.device, long: bool,
+          pool: bool = False) -> dict:
     print(f"  [{KERNEL}/{case} {batch}x{N_LABELS}x{height}x{width}]", flush=True)
     images = photos(batch, height, width)
     unary = cam_like_unary(batch, N_LABELS, height, width)
     unary_dev, images_dev = unary.to(device), images.to(device)
     repeats = dict(warmup=0, repeat=1) if long else {}
     ours, q = measure(lambda: wsss_ext.dense_crf(unary_dev, images_dev, N_ITERS, **params), device=device, **repeats)
+    ours["threads"] = torch.get_num_threads() if device.type == "cpu" else None
     record = {
         "kernel": KERNEL,
         "case": case,
@@ -116,11 +147,29 @@ def _case(case: str, batch: int, height: int, width: int, params: dict, device: 
     q = q.cpu().numpy()
     record["max_abs_diff"] = float(np.abs(q - ref_q).max())
     record["argmax_agreement"] = float((q.argmax(1) == ref_q.argmax(1)).mean())
-    print(
-        f"    ours {ours['median_ms']:.1f} ms, pydensecrf {ref['median_ms']:.1f} ms, "
-        f"argmax agreement {record['argmax_agreement']:.5f}, max |dQ| {record['max_abs_diff']:.2e}",
-        flush=True,
-    )
+    line = (f"    ours {ours['median_ms']:.1f} ms, pydensecrf {ref['median_ms']:.1f} ms "
+            f"({ref['median_ms'] / ours['median_ms']:.2f}x)")
+    if pool and device.type == "cpu" and torch.get_num_threads() > 1:
+        processes = torch.get_num_threads()
+        with multiprocessing.get_context("spawn").Pool(processes) as workers:
+            run_pool = lambda: _pydensecrf_pool(workers, unary_np, images_hwc, N_ITERS, params)  # noqa: E731
+            pooled, pooled_q = measure(run_pool, device="cpu", **repeats)
+        pooled["device"] = f"cpu, {processes} processes"
+        record["references"]["pydensecrf_pool"] = pooled
+        record["ratios"]["pydensecrf_pool"] = ratios(ours, pooled)
+        line += f", pydensecrf in {processes} processes {pooled['median_ms']:.1f} ms"
+    if not long:
+        fewer = dict(warmup=1, repeat=3)
+        record["ns_per_pixel_label"] = {
+            "ours": _ns_per_pixel_label(lambda n: wsss_ext.dense_crf(unary_dev, images_dev, n, **params),
+                                        batch, height, width, device, fewer),
+            "pydensecrf": _ns_per_pixel_label(lambda n: pydensecrf_batch(dcrf, unary_np, images_hwc, n, params),
+                                              batch, height, width, "cpu", fewer),
+        }
+        line += (f"; per iteration {record['ns_per_pixel_label']['ours']:.2f} vs "
+                 f"{record['ns_per_pixel_label']['pydensecrf']:.2f} ns per pixel-label")
+    print(line + f"; argmax agreement {record['argmax_agreement']:.5f}, max |dQ| {record['max_abs_diff']:.2e}",
+          flush=True)
     return record
 
 
@@ -133,5 +182,5 @@ def run(device: str, quick: bool) -> list[dict]:
     return [
         _case("voc", 1, 375 // shrink, 500 // shrink, AFFINITYNET, device, long=False),
         _case("batch512", 16 // shrink, 512 // shrink, 512 // shrink, AFFINITYNET, device, long=not quick),
-        _case("sec_loss", 32 // shrink, 41, 41, sec, device, long=False),
+        _case("sec_loss", 32 // shrink, 41, 41, sec, device, long=False, pool=True),
     ]

@@ -707,7 +707,14 @@ PYBIND11_MODULE(_C, m) {
       "uint8, out [B, L, H, W] float32, workspace uint8 [workers, dense_crf_workspace_bytes(H*W, L, dims)]; "
       "kernels [(dims, sxy, srgb, weight)]; identity_weight * Q is added to the pairwise term.");
 
-  m.def("cpu_max_threads", &wsss::cpu_max_threads, "OpenMP threads the CPU kernels use (1 without OpenMP).");
+  m.def("cpu_max_threads", &wsss::cpu_max_threads, "OpenMP's default thread count (1 without OpenMP).");
+  m.def("set_cpu_threads", &wsss::set_cpu_threads, py::arg("threads"),
+        "Threads the calling thread's next CPU kernels may use (0: OpenMP's default); ops pass "
+        "torch.get_num_threads().");
+  m.def("cpu_threads", &wsss::cpu_threads,
+        "Threads a CPU kernel would use now: the requested count capped by the CPUs other processes leave idle.");
+  m.def("set_dynamic_threads", &wsss::set_dynamic_threads, py::arg("enabled"),
+        "Whether CPU kernels cap their threads by the idle CPUs (default on; WSSS_EXT_DYNAMIC_THREADS=0: off).");
 
   m.def(
       "pamr_affinity",

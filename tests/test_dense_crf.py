@@ -161,6 +161,22 @@ def test_mean_field_is_close_to_exact_oracle(params):
     assert (got - exact).abs().mean() <= 5e-3
 
 
+def test_sec_loss_maps_match_pydensecrf_and_the_exact_oracle():
+    """SEC/DSRG's 41 x 41 maps at scale 12 (the image-by-image path, the
+    smoothness kernel as the identity): ours agrees with pydensecrf, and
+    lands no farther from the exact O(N^2) mean field than pydensecrf does."""
+    image = torch.cat([photo(41, 41), photo(41, 41, "astronaut"), photo(41, 41, "coffee")])
+    unary = cam_unary(3, 21, 41, 41)
+    got = wsss_ext.dense_crf(unary, image, 10, **SCALE_12)
+    expected = pydensecrf_inference(unary, image, 10, SCALE_12)
+    assert (got.argmax(1) == expected.argmax(1)).double().mean() >= 0.995
+    assert (got - expected).abs().max() <= 1e-3
+    exact = dense_crf_dense(unary, image, 10, **SCALE_12)
+    ours_error, peer_error = (got - exact).abs().mean(), (expected - exact).abs().mean()
+    assert ours_error <= peer_error + 1e-5, f"ours {ours_error:.3e} from the oracle, pydensecrf {peer_error:.3e}"
+    assert (got.argmax(1) == exact.argmax(1)).double().mean() >= 0.95
+
+
 def test_one_pixel_image_is_exact():
     # One pixel: K = [1], so Kn(Q) = Q exactly, whatever the lattice.
     unary = torch.tensor([[[[0.3]], [[1.2]], [[0.1]]]])
@@ -270,19 +286,47 @@ def test_kernels_narrower_than_the_lattice_are_the_identity(params):
 
 
 def test_result_does_not_depend_on_the_thread_count(tmp_path):
+    # Both CPU paths: small images run image by image (41 x 41 at scale 12,
+    # and 64 x 48), a larger one as one batched lattice. The idle-CPU cap is
+    # off so that the 2-thread run really uses 2 threads on a busy machine.
     script = (
         "import torch, wsss_ext\n"
         "g = torch.Generator().manual_seed(0)\n"
-        "u = torch.rand(2, 21, 64, 48, generator=g) * 4\n"
-        "im = torch.randint(0, 256, (2, 3, 64, 48), generator=g, dtype=torch.uint8)\n"
-        "torch.save(wsss_ext.dense_crf(u, im, 10), 'q.pt')\n"
+        "out = []\n"
+        "for b, h, w, sxy in ((5, 41, 41, 12.0), (2, 64, 48, 1.0), (1, 150, 140, 1.0)):\n"
+        "    u = torch.rand(b, 21, h, w, generator=g) * 4\n"
+        "    im = torch.randint(0, 256, (b, 3, h, w), generator=g, dtype=torch.uint8)\n"
+        "    out.append(wsss_ext.dense_crf(u, im, 10, gaussian_sxy=3 / sxy, bilateral_sxy=80 / sxy))\n"
+        "torch.save(out, 'q.pt')\n"
     )
     results = []
     for threads in ("1", "2"):
-        env = dict(os.environ, OMP_NUM_THREADS=threads)
+        env = dict(os.environ, OMP_NUM_THREADS=threads, WSSS_EXT_DYNAMIC_THREADS="0")
         subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, check=True)
         results.append(torch.load(tmp_path / "q.pt"))
-    assert torch.equal(results[0], results[1])
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
+
+
+def test_cpu_kernels_follow_torch_threads():
+    """Ops pass torch.get_num_threads() to the kernels (1 in DataLoader
+    workers); with the idle-CPU cap on, never more than that."""
+    from wsss_ext import _C
+
+    previous = torch.get_num_threads()
+    unary, image = cam_unary(2, 3, 9, 7), random_image(2, 9, 7)
+    try:
+        torch.set_num_threads(1)
+        wsss_ext.dense_crf(unary, image, 2)
+        assert _C.cpu_threads() == 1
+        torch.set_num_threads(2)
+        wsss_ext.dense_crf(unary, image, 2)
+        assert 1 <= _C.cpu_threads() <= 2
+        _C.set_dynamic_threads(False)
+        assert _C.cpu_threads() == 2
+    finally:
+        _C.set_dynamic_threads(True)
+        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -21,11 +21,12 @@ WSSS_CPU_VECTORIZED bool run_is_finite(const Bits* bits, int64_t count, Bits mas
 
 template <class Bits>
 bool contiguous_is_finite(const Bits* bits, int64_t count, Bits mask) {
-  if (count < kMinParallelElements || cpu_max_threads() == 1) return run_is_finite(bits, count, mask);
+  const int threads = cpu_threads();
+  if (count < kMinParallelElements || threads == 1) return run_is_finite(bits, count, mask);
   constexpr int64_t kChunk = 1 << 16;
   const int64_t chunks = (count + kChunk - 1) / kChunk;
   int finite = 1;
-#pragma omp parallel for schedule(dynamic, 4) reduction(& : finite)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 4) reduction(& : finite)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t start = c * kChunk;
     finite &= run_is_finite(bits + start, count - start < kChunk ? count - start : kChunk, mask) ? 1 : 0;

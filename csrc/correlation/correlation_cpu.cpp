@@ -32,7 +32,7 @@ void forward_typed(const ForwardArgs& args) {
   const T* in2 = args.in2.as<const T>();
   T* out = args.out.as<T>();
   const int64_t patches = static_cast<int64_t>(g.patch_h) * g.patch_w, out_plane = out_h * out_w;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(dynamic, 1)
   for (int64_t task = 0; task < batch * out_h; ++task) {
     const int64_t b = task / out_h, h = task % out_h;
     const T* image1 = in1 + b * height * width * channels;
@@ -60,7 +60,7 @@ void backward_typed(const BackwardArgs& args) {
   const T* grad = args.grad.as<const T>();
   T* grad_in1 = args.grad_in1.as<T>();
   T* grad_in2 = args.grad_in2.as<T>();
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(dynamic, 1)
   for (int64_t task = 0; task < batch * height; ++task) {
     const int64_t b = task / height, y = task % height;
     const T* image1 = in1 + b * height * width * channels;

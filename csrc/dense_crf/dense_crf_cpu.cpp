@@ -49,7 +49,7 @@ void parallel_blocks(int64_t n, Body&& body) {
     return;
   }
   const int64_t blocks = (n + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(dynamic, 4)
+#pragma omp parallel for num_threads(cpu_threads()) schedule(dynamic, 4)
   for (int64_t b = 0; b < blocks; ++b) body(b * kBlock, std::min(n, (b + 1) * kBlock));
 }
 
@@ -116,6 +116,23 @@ int64_t build_vertices_impl(Lattice& lat, const uint8_t* image, double sxy, doub
 
 constexpr int64_t kLanes = 8;
 
+// Sums of rows held in registers, 8 lanes at a time: adding into a row in
+// memory makes each term wait for the previous one's store. GCC / clang
+// vector types (the loops below did not vectorise with an array
+// accumulator); other compilers take the plain loops.
+#if defined(__GNUC__)
+#define WSSS_CRF_REGISTER_ROWS 1
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
+inline Lanes load_lanes(const float* p) {
+  Lanes v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store_lanes(float* p, Lanes v) { __builtin_memcpy(p, &v, sizeof v); }
+#else
+#define WSSS_CRF_REGISTER_ROWS 0
+#endif
+
 // dst[l] += w * src[l]
 inline void axpy_row(float* dst, float w, const float* src, int64_t width) {
   if (width % kLanes == 0) {
@@ -128,6 +145,9 @@ inline void axpy_row(float* dst, float w, const float* src, int64_t width) {
 }
 
 // values[v] = sum over v's entries of w * q[pixel]; q null: a signal of ones.
+// Whole rows are summed 8 lanes at a time in a register, entry after entry,
+// and stored once: adding into the row in memory made every entry wait for
+// the previous one's store (the same sums, in the same order).
 WSSS_CPU_VECTORIZED void splat_range(const Lattice& lat, int64_t v0, int64_t v1, const float* q, float* values,
                                      int64_t width) {
   const int32_t* start = lat.splat_start.as<int32_t>();
@@ -135,11 +155,21 @@ WSSS_CPU_VECTORIZED void splat_range(const Lattice& lat, int64_t v0, int64_t v1,
   const float* weights = lat.splat_weights.as<float>();
   for (int64_t v = v0; v < v1; ++v) {
     float* dst = values + v * width;
-    for (int64_t l = 0; l < width; ++l) dst[l] = 0.f;
-    for (int32_t i = start[v]; i < start[v + 1]; ++i) {
-      if (q == nullptr)
-        dst[0] += weights[i];
-      else
+    if (q == nullptr) {
+      for (int64_t l = 0; l < width; ++l) dst[l] = 0.f;
+      for (int32_t i = start[v]; i < start[v + 1]; ++i) dst[0] += weights[i];
+#if WSSS_CRF_REGISTER_ROWS
+    } else if (width % kLanes == 0) {
+      for (int64_t l = 0; l < width; l += kLanes) {
+        Lanes acc = {};
+        for (int32_t i = start[v]; i < start[v + 1]; ++i)
+          acc += weights[i] * load_lanes(q + static_cast<int64_t>(pixels[i]) * width + l);
+        store_lanes(dst + l, acc);
+      }
+#endif
+    } else {
+      for (int64_t l = 0; l < width; ++l) dst[l] = 0.f;
+      for (int32_t i = start[v]; i < start[v + 1]; ++i)
         axpy_row(dst, weights[i], q + static_cast<int64_t>(pixels[i]) * width, width);
     }
   }
@@ -174,9 +204,26 @@ WSSS_CPU_VECTORIZED void slice_range(const Lattice& lat, int64_t p0, int64_t p1,
   const float scale = coefficient * slice_alpha<D>();
   for (int64_t p = p0; p < p1; ++p) {
     float* dst = out + p * width;
+    const float pixel_scale = norm ? scale * norm[p] : scale;
+#if WSSS_CRF_REGISTER_ROWS
+    if (width % kLanes == 0) {  // in registers, as splat_range
+      const float* rows[D + 1];
+      float w[D + 1];
+      for (int r = 0; r <= D; ++r) {
+        const int64_t e = p * (D + 1) + r;
+        rows[r] = values + static_cast<int64_t>(entry_vertex[e]) * width;
+        w[r] = pixel_scale * weights[e];
+      }
+      for (int64_t l = 0; l < width; l += kLanes) {
+        Lanes acc = accumulate ? load_lanes(dst + l) : Lanes{};
+        for (int r = 0; r <= D; ++r) acc += w[r] * load_lanes(rows[r] + l);
+        store_lanes(dst + l, acc);
+      }
+      continue;
+    }
+#endif
     if (!accumulate)
       for (int64_t l = 0; l < width; ++l) dst[l] = 0.f;
-    const float pixel_scale = norm ? scale * norm[p] : scale;
     for (int r = 0; r <= D; ++r) {
       const int64_t e = p * (D + 1) + r;
       axpy_row(dst, pixel_scale * weights[e], values + static_cast<int64_t>(entry_vertex[e]) * width, width);
@@ -197,6 +244,44 @@ void filter_impl(const Lattice& lat, int64_t vertices, const float* q, const flo
   }
   parallel_blocks(lat.images * lat.pixels(), [&](int64_t p0, int64_t p1) {
     slice_range<D>(lat, p0, p1, values_a, norm, coefficient, accumulate, out, width);
+  });
+}
+
+// Splat lists (CSR, by a counting sort in entry order) and the symmetric
+// normalisation. `counted`: splat_start[v + 1] already holds the entry count
+// of vertex v (the image-by-image build counts as it inserts).
+template <int D>
+void link_splats(const Lattice& lat, int64_t vertices, bool counted, float* values_a, float* values_b) {
+  const int64_t entries = lat.entries();
+  const int32_t* entry_vertex = lat.entry_vertex.as<int32_t>();
+  int32_t* start = lat.splat_start.as<int32_t>();
+  int32_t* pixels = lat.splat_pixels.as<int32_t>();
+  float* splat_weights = lat.splat_weights.as<float>();
+  const float* weights = lat.weights.as<float>();
+  if (!counted) {
+    std::fill(start, start + vertices + 1, 0);
+    for (int64_t e = 0; e < entries; ++e) ++start[entry_vertex[e] + 1];
+  }
+  start[0] = 0;
+  for (int64_t v = 0; v < vertices; ++v) start[v + 1] += start[v];
+  for (int64_t e = 0; e < entries; ++e) {
+    const int32_t i = start[entry_vertex[e]]++;
+    pixels[i] = static_cast<int32_t>(e / (D + 1));
+    splat_weights[i] = weights[e];
+  }
+  // Each start[v] now holds the end of v's list: shift back.
+  for (int64_t v = vertices; v > 0; --v) start[v] = start[v - 1];
+  start[0] = 0;
+
+  // Symmetric normalisation: norm = 1 / sqrt(K 1 + 1e-20), then folded into
+  // the splat weights (the slice applies it per pixel).
+  float* norm = lat.norm.as<float>();
+  filter_impl<D>(lat, vertices, nullptr, nullptr, norm, 1, 1.f, false, values_a, values_b);
+  parallel_blocks(lat.images * lat.pixels(), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) norm[p] = 1.f / std::sqrt(norm[p] + 1e-20f);
+  });
+  parallel_blocks(entries, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) splat_weights[i] *= norm[pixels[i]];
   });
 }
 
@@ -235,33 +320,91 @@ void link_impl(const Lattice& lat, int64_t vertices, float* values_a, float* val
     }
   });
 
-  // Splat lists (CSR) by a counting sort in entry order.
-  int32_t* start = lat.splat_start.as<int32_t>();
-  int32_t* pixels = lat.splat_pixels.as<int32_t>();
-  float* splat_weights = lat.splat_weights.as<float>();
-  const float* weights = lat.weights.as<float>();
-  std::fill(start, start + vertices + 1, 0);
-  for (int64_t e = 0; e < entries; ++e) ++start[entry_vertex[e] + 1];
-  for (int64_t v = 0; v < vertices; ++v) start[v + 1] += start[v];
-  for (int64_t e = 0; e < entries; ++e) {
-    const int32_t i = start[entry_vertex[e]]++;
-    pixels[i] = static_cast<int32_t>(e / (D + 1));
-    splat_weights[i] = weights[e];
-  }
-  // Each start[v] now holds the end of v's list: shift back.
-  for (int64_t v = vertices; v > 0; --v) start[v] = start[v - 1];
-  start[0] = 0;
+  link_splats<D>(lat, vertices, false, values_a, values_b);
+}
 
-  // Symmetric normalisation: norm = 1 / sqrt(K 1 + 1e-20), then folded into
-  // the splat weights (the slice applies it per pixel).
-  float* norm = lat.norm.as<float>();
-  filter_impl<D>(lat, vertices, nullptr, nullptr, norm, 1, 1.f, false, values_a, values_b);
-  parallel_blocks(lat.images * lat.pixels(), [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) norm[p] = 1.f / std::sqrt(norm[p] + 1e-20f);
-  });
-  parallel_blocks(entries, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) splat_weights[i] *= norm[pixels[i]];
-  });
+// ---------------------------------------------------------------------------
+// One image's lattice on the calling thread (the image-by-image path). The
+// same vertices, numbering, neighbours and splat lists as build_vertices +
+// link on a one-image batch (vertices are numbered by their first entry
+// either way), with the work of the parallel build left out: entries are
+// inserted in order, so each gets its vertex on insertion (no representative
+// pass, no renumbering); the table keeps vertex indices and the vertices'
+// keys sit in one array, so a probe compares d int32 there instead of
+// unpacking an entry's simplex; and each blur edge is looked up once, from
+// its minus end, which also fills in the other end's minus neighbour.
+// ---------------------------------------------------------------------------
+
+// A cheap hash of one image's key: keys differ in a few low bits.
+template <int D>
+inline uint32_t image_key_hash(const int32_t* key) {
+  uint64_t h = 0;
+  for (int i = 0; i < D; ++i) h = (h + static_cast<uint32_t>(key[i])) * 0x9E3779B97F4A7C15ull;
+  return static_cast<uint32_t>(h >> 32);
+}
+
+// The vertex of `key`, or -1; `keys` holds the vertices' keys, D each.
+template <int D>
+inline int32_t find_vertex(const int32_t* slots, uint32_t mask, const int32_t* keys, const int32_t* key) {
+  for (uint32_t h = image_key_hash<D>(key) & mask;; h = (h + 1) & mask) {
+    const int32_t v = slots[h];
+    if (v < 0 || same_key<D>(keys + static_cast<int64_t>(v) * D, key)) return v;
+  }
+}
+
+// keys: int32 workspace of E * D (every entry could be its own vertex).
+template <int D>
+int64_t build_image_lattice(Lattice& lat, const uint8_t* image, double sxy, double srgb, int32_t* keys,
+                            float* values_a, float* values_b) {
+  const Embedding<D> embedding = make_embedding<D>(sxy, srgb);
+  const int64_t pixels = lat.pixels();
+  int32_t* simplex = lat.simplex.as<int32_t>();
+  float* weights = lat.weights.as<float>();
+  int32_t* slots = lat.slots.as<int32_t>();
+  int32_t* entry_vertex = lat.entry_vertex.as<int32_t>();
+  int32_t* counts = lat.splat_start.as<int32_t>();  // counts[v + 1]: entries of vertex v
+  const uint32_t mask = static_cast<uint32_t>(lat.slots.shape[0] - 1);
+  std::fill(slots, slots + lat.slots.shape[0], -1);
+
+  int32_t vertices = 0;
+  for (int64_t p = 0; p < pixels; ++p) {
+    float feature[D];
+    pixel_features<D>(image, pixels, p, lat.width, embedding, feature);
+    embed_point<D>(feature, embedding, simplex + p * D, weights + p * (D + 1));
+    for (int r = 0; r <= D; ++r) {
+      int32_t key[D];
+      corner_key<D>(simplex + p * D, r, key);
+      uint32_t h = image_key_hash<D>(key) & mask;
+      int32_t v;
+      for (;; h = (h + 1) & mask) {
+        v = slots[h];
+        if (v < 0) {
+          v = slots[h] = vertices++;
+          std::copy(key, key + D, keys + static_cast<int64_t>(v) * D);
+          counts[v + 1] = 0;
+          break;
+        }
+        if (same_key<D>(keys + static_cast<int64_t>(v) * D, key)) break;
+      }
+      entry_vertex[p * (D + 1) + r] = v;
+      ++counts[v + 1];
+    }
+  }
+
+  int32_t* neighbours = lat.neighbours.as<int32_t>();
+  std::fill(neighbours, neighbours + 2 * (D + 1) * static_cast<int64_t>(vertices), -1);
+  for (int32_t v = 0; v < vertices; ++v) {
+    int32_t minus[D], plus[D];
+    for (int j = 0; j <= D; ++j) {
+      neighbour_keys<D>(keys + static_cast<int64_t>(v) * D, j, minus, plus);
+      const int32_t b = find_vertex<D>(slots, mask, keys, plus);
+      if (b < 0) continue;
+      neighbours[2 * (j * static_cast<int64_t>(vertices) + v) + 1] = b;
+      neighbours[2 * (j * static_cast<int64_t>(vertices) + b)] = v;  // v is b's minus neighbour
+    }
+  }
+  link_splats<D>(lat, vertices, true, values_a, values_b);
+  return vertices;
 }
 
 // Pixels [p0, p1) of one image, kSoftmaxBlock at a time. unary is
@@ -288,11 +431,19 @@ WSSS_CPU_VECTORIZED void softmax_range(const U* unary, int64_t n_labels, int64_t
       for (int64_t k = 0; k < count; ++k) x[k] = -load_as<float>(image_unary, l * pixels + i0 + k);
       for (int64_t k = count; k < K; ++k) x[k] = 0.f;  // lanes past the image: computed, not stored
     }
-    if (pairwise)
+    if (pairwise && count == K) {
+      // Label by label across the block's rows: a strided (gathered) read
+      // but whole-vector adds, instead of one scalar add per element.
+      const float* rows = pairwise + first * width;
+      for (int64_t l = 0; l < n_labels; ++l)
+#pragma omp simd
+        for (int64_t k = 0; k < K; ++k) block[l * K + k] += rows[k * width + l];
+    } else if (pairwise) {
       for (int64_t k = 0; k < count; ++k) {
         const float* row = pairwise + (first + k) * width;
         for (int64_t l = 0; l < n_labels; ++l) block[l * K + k] += row[l];
       }
+    }
     float max[K], sum[K];
     for (int64_t k = 0; k < K; ++k) max[k] = -INFINITY;
     for (int64_t l = 0; l < n_labels; ++l)
@@ -310,10 +461,19 @@ WSSS_CPU_VECTORIZED void softmax_range(const U* unary, int64_t n_labels, int64_t
     for (int64_t l = 0; l < n_labels; ++l)
 #pragma omp simd
       for (int64_t k = 0; k < K; ++k) block[l * K + k] *= sum[k];
-    for (int64_t k = 0; k < count; ++k) {
-      float* row = q + (first + k) * width;
-      for (int64_t l = 0; l < n_labels; ++l) row[l] = block[l * K + k];
-      for (int64_t l = n_labels; l < width; ++l) row[l] = 0.f;
+    if (count == K) {
+      float* rows = q + first * width;  // the same transpose, as whole-vector (scattered) stores
+      for (int64_t l = 0; l < n_labels; ++l)
+#pragma omp simd
+        for (int64_t k = 0; k < K; ++k) rows[k * width + l] = block[l * K + k];
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t l = n_labels; l < width; ++l) rows[k * width + l] = 0.f;
+    } else {
+      for (int64_t k = 0; k < count; ++k) {
+        float* row = q + (first + k) * width;
+        for (int64_t l = 0; l < n_labels; ++l) row[l] = block[l * K + k];
+        for (int64_t l = n_labels; l < width; ++l) row[l] = 0.f;
+      }
     }
     if (image_out)
       for (int64_t l = 0; l < n_labels; ++l)
@@ -368,6 +528,7 @@ ArrayView cpu_view(void* data, DType dtype, std::vector<int64_t> shape) {
 // counts, so every buffer is sized for the worst case once.
 struct ImageWorkspace {
   float *q = nullptr, *pairwise = nullptr, *values_a = nullptr, *values_b = nullptr, *energy = nullptr;
+  int32_t* keys = nullptr;  // vertex keys while a lattice is built
   Lattice lattices[kMaxKernels];
 };
 
@@ -386,8 +547,7 @@ ImageWorkspace carve_workspace(uint8_t* base, int64_t height, int64_t width, int
   ws.values_a = carve.take<float>(max_entries * row);
   ws.values_b = carve.take<float>(max_entries * row);
   int32_t* simplex = carve.take<int32_t>(pixels * std::max(max_dims, 1));
-  int32_t* entry_rep = carve.take<int32_t>(max_entries);
-  int32_t* vertex_entry = carve.take<int32_t>(max_entries);
+  ws.keys = carve.take<int32_t>(max_entries * std::max(max_dims, 1));
   const int64_t capacity = slot_capacity(max_entries);
   int32_t* slots = carve.take<int32_t>(capacity);
   for (int k = 0; k < n_kernels; ++k) {
@@ -399,8 +559,6 @@ ImageWorkspace carve_workspace(uint8_t* base, int64_t height, int64_t width, int
     lat.height = height;
     lat.width = width;
     lat.simplex = cpu_view(simplex, DType::kInt32, {pixels, d});
-    lat.entry_rep = cpu_view(entry_rep, DType::kInt32, {entries});
-    lat.vertex_entry = cpu_view(vertex_entry, DType::kInt32, {entries});
     lat.slots = cpu_view(slots, DType::kInt32, {slot_capacity(entries)});
     lat.weights = cpu_view(carve.take<float>(entries), DType::kFloat32, {entries});
     lat.entry_vertex = cpu_view(carve.take<int32_t>(entries), DType::kInt32, {entries});
@@ -429,8 +587,7 @@ void mean_field_image(const MeanFieldArgs& args, int64_t b, ImageWorkspace& ws) 
     const MeanFieldKernel& kernel = args.kernels[k];
     dispatch_dims(lat.dims, [&](auto d) {
       constexpr int D = decltype(d)::value;
-      vertices[k] = build_vertices_impl<D>(lat, image, kernel.sxy, kernel.srgb);
-      link_impl<D>(lat, vertices[k], ws.values_a, ws.values_b);
+      vertices[k] = build_image_lattice<D>(lat, image, kernel.sxy, kernel.srgb, ws.keys, ws.values_a, ws.values_b);
       return 0;
     });
   }
@@ -476,7 +633,8 @@ void mean_field_cpu(const MeanFieldArgs& args) {
     using U = decltype(tag);
     // One region for the whole call; each thread owns workspace row
     // thread_index() and takes whole images.
-#pragma omp parallel num_threads(static_cast<int>(std::min(workers, batch))) if (workers > 1 && batch > 1)
+    const int threads = static_cast<int>(std::min<int64_t>({workers, batch, cpu_threads()}));
+#pragma omp parallel num_threads(threads) if (threads > 1)
     {
       ImageWorkspace ws = carve_workspace(base + thread_index() * row_bytes, args.unary.shape[2],
                                           args.unary.shape[3], args.unary.shape[1], dims, args.n_kernels, nullptr);
@@ -512,7 +670,7 @@ void softmax_cpu(const ArrayView& unary, const float* pairwise, float* q, int64_
     // Blocks never straddle two images: parallel over (image, pixel block).
     const int64_t blocks_per_image = (pixels + kBlock - 1) / kBlock;
     const int64_t blocks = unary.shape[0] * blocks_per_image;
-#pragma omp parallel if (blocks * kBlock > kMinParallelItems)
+#pragma omp parallel num_threads(cpu_threads()) if (blocks * kBlock > kMinParallelItems)
     {
       std::vector<float> energy(static_cast<size_t>(kSoftmaxBlock * n_labels));
 #pragma omp for schedule(static)

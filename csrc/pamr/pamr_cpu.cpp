@@ -80,7 +80,7 @@ void affinity_typed(const AffinityArgs& args) {
   C* weights = args.weights.as<C>();
   const int64_t taps = args.dilations.taps();
   const C sigma = static_cast<C>(args.sigma);
-#pragma omp parallel for schedule(static) if (batch * plane * taps >= kMinParallelValues)
+#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(static) if (batch * plane * taps >= kMinParallelValues)
   for (int64_t row = 0; row < batch * height; ++row) {
     const int64_t b = row / height, y = row % height;
     for (int64_t x = 0; x < width; ++x)
@@ -99,7 +99,7 @@ void propagate_typed(const PropagateArgs& args) {
   const C* mask = args.mask.as<const C>();
   C* out = args.out.as<C>();
   const int64_t rows = batch * channels * height;
-#pragma omp parallel for schedule(static) if (rows * width * taps >= kMinParallelValues)
+#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(static) if (rows * width * taps >= kMinParallelValues)
   for (int64_t row = 0; row < rows; ++row) {
     const int64_t y = row % height, bc = row / height, b = bc / channels;
     const C* mask_plane = mask + bc * plane;

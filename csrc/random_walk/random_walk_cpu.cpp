@@ -73,7 +73,7 @@ void step_typed(const StepArgs& args) {
   const int32_t* offsets = args.offsets.as<const int32_t>();
   const T* x = args.x.as<const T>();
   T* y = args.y.as<T>();
-#pragma omp parallel for schedule(static) if (batch * channels * plane * taps >= kMinParallelWork)
+#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(static) if (batch * channels * plane * taps >= kMinParallelWork)
   for (int64_t task = 0; task < batch * height; ++task) {
     const int64_t b = task / height, row = task % height;
     const T* w = weights + b * taps * plane;
@@ -95,7 +95,7 @@ void weight_grad_typed(const WeightGradArgs& args) {
   const T* grad_y = args.grad_y.as<const T>();
   const T* x = args.x.as<const T>();
   T* grad_w = args.grad_weights.as<T>();
-#pragma omp parallel for schedule(static) if (batch * channels * plane * taps >= kMinParallelWork)
+#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(static) if (batch * channels * plane * taps >= kMinParallelWork)
   for (int64_t task = 0; task < batch * taps * height; ++task) {
     const int64_t row = task % height, bt = task / height, b = bt / taps, t = bt % taps;
     weight_grad_row(grad_y + b * channels * plane, x + b * channels * plane, channels, height, width, row,

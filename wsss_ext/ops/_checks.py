@@ -272,6 +272,17 @@ _INFRA_KEYS = (
     torch._C._TorchDispatchModeKey.FUNCTIONAL,
 )
 _Tensor = torch.Tensor
+_get_num_threads = torch.get_num_threads
+_set_cpu_threads = _C.set_cpu_threads
+
+
+def follow_torch_threads() -> None:
+    """Hand torch's thread count (1 in DataLoader workers) to the CPU
+    kernels for the calling thread: the extension does not link torch, so
+    every eager op passes it before it runs. Not while tracing: a compiled
+    graph's kernels keep the count of the last eager call."""
+    if not _is_compiling():
+        _set_cpu_threads(_get_num_threads())
 
 
 def plain_eager(args: Sequence[object], differentiable: bool = False) -> bool:
@@ -313,6 +324,7 @@ class FastCustomOp:
         self.__doc__ = fn.__doc__
 
     def __call__(self, *args):
+        follow_torch_threads()
         if plain_eager(args, self.differentiable):
             return self.impl(*args)
         return self.op(*args)

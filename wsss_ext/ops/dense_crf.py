@@ -48,8 +48,9 @@ _UNARY_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _MAX_ENTRIES = 2**31 - 1
 _MAX_PIXELS = _MAX_ENTRIES // 6  # d = 5: six corners per pixel
 _MAX_FEATURE = 2**24  # scaled feature values stay exact-ish in float32 and far from int32 overflow
-# Pixels per kernel call on the CPU, where batches run a few images at a time.
-_CPU_CHUNK_PIXELS = 1 << 20
+# Pixels per kernel call on the CPU, where batches run a few images at a time
+# (two 512 x 512 images: their buffers, not the batch's, bound the memory).
+_CPU_CHUNK_PIXELS = 1 << 19
 # Images up to this many pixels run image by image on the CPU, each thread
 # taking whole images (SEC/DSRG's 41 x 41 loss maps, small crops): one such
 # image's lattice is too small to share out across threads.
@@ -153,13 +154,12 @@ def _dense_crf(
     # On the CPU a whole batch gains nothing over a few images at a time (each
     # image is already spread over the threads) and would hold every image's
     # buffers at once; on CUDA only batches beyond int32 indexing are split.
+    # Each chunk writes its slice of one output (no concatenated copy).
     chunk = max(1, chunk_pixels // (height * width))
-    return torch.cat(
-        [
-            _mean_field(unary[i : i + chunk], image[i : i + chunk], n_iters, kernels, identity_weight)
-            for i in range(0, batch, chunk)
-        ]
-    )
+    out = torch.empty(unary.shape, dtype=torch.float32, device=unary.device)
+    for i in range(0, batch, chunk):
+        _mean_field(unary[i : i + chunk], image[i : i + chunk], n_iters, kernels, identity_weight, out[i : i + chunk])
+    return out
 
 
 def _mean_field_by_image(
@@ -169,7 +169,7 @@ def _mean_field_by_image(
     images in its own row of the workspace (bit for bit the batched path's result)."""
     batch, n_labels, height, width = unary.shape
     out = torch.empty(unary.shape, dtype=torch.float32)
-    workers = max(1, min(batch, _C.cpu_max_threads()))
+    workers = max(1, min(batch, _C.cpu_threads()))
     row_bytes = _C.dense_crf_workspace_bytes(height * width, n_labels, [dims for dims, *_ in kernels])
     workspace = torch.empty((workers, row_bytes), dtype=torch.uint8)
     _C.dense_crf_mean_field(unary, image, out, workspace, n_iters, kernels, identity_weight)
@@ -177,15 +177,22 @@ def _mean_field_by_image(
 
 
 def _mean_field(
-    unary: Tensor, image: Tensor, n_iters: int, kernels: list[tuple[int, float, float, float]], identity_weight: float
+    unary: Tensor,
+    image: Tensor,
+    n_iters: int,
+    kernels: list[tuple[int, float, float, float]],
+    identity_weight: float,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Lattices of the batch, then n_iters of filter-and-softmax; q and the
-    pairwise term are pixel-major rows, the result [B, L, H, W]. Kernels that
-    are the identity add ``identity_weight * q`` to the pairwise term."""
+    pairwise term are pixel-major rows, the result [B, L, H, W] (into ``out``,
+    contiguous, if given). Kernels that are the identity add
+    ``identity_weight * q`` to the pairwise term."""
     batch, n_labels, height, width = unary.shape
     stream = cuda_stream(unary)
     device = unary.device
-    out = torch.empty(unary.shape, dtype=torch.float32, device=device)
+    if out is None:
+        out = torch.empty(unary.shape, dtype=torch.float32, device=device)
     # Pixel-major rows; on the CPU padded to whole 8-float vectors.
     row = n_labels if runs_on_cuda(unary) else -(-n_labels // 8) * 8
     q = torch.empty((batch * height * width, row), dtype=torch.float32, device=device)

@@ -34,6 +34,7 @@ from wsss_ext.ops._checks import (
     check_tensor,
     cuda_stream,
     fast_custom_op,
+    follow_torch_threads,
     get_check_finite,
     plain_eager,
     refuse_under_compile,
@@ -293,6 +294,7 @@ def _solve_on_cpu(scores: Tensor, dtype: torch.dtype, inv_eps: float, n_iters: i
     than the kernels on SwAV-sized batches (benchmarks/bench_dispatch.py).
     Traced, profiled and CUDA calls take the loop of custom ops."""
     n, k = scores.shape
+    follow_torch_threads()
     codes = torch.empty((n, k), dtype=dtype)
     workspace = torch.empty(_C.sinkhorn_solve_workspace(n, k), dtype=dtype)
     finite = _C.sinkhorn_solve(scores, codes, workspace, inv_eps, n_iters)
