@@ -527,18 +527,19 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "pamr_propagate",
       [](py::handle weights, py::handle mask, py::handle out, py::handle dilations, py::handle transpose,
-         py::handle stream) {
+         py::handle stream, py::handle steps) {
         const wsss::pamr::PropagateArgs args{to_view(weights, "weights"), to_view(mask, "mask"), to_view(out, "out"),
                                              wsss::pamr::make_dilations(int_list_arg(dilations, "dilations")),
-                                             bool_arg(transpose, "transpose")};
+                                             bool_arg(transpose, "transpose"), int_arg(steps, "steps", 1)};
         const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
         wsss::pamr::propagate(args, s);
       },
       py::arg("weights"), py::arg("mask"), py::arg("out"), py::arg("dilations"), py::arg("transpose") = false,
-      py::arg("stream") = 0,
-      "One PAMR step: out[b, c, i] = sum_k weights[b, k, i] * mask[b, c, tap k of i] (transpose: the adjoint, "
-      "the step's backward); mask and out [B, C, H, W] of the weights' dtype.");
+      py::arg("stream") = 0, py::arg("steps") = 1,
+      "`steps` PAMR steps, each out[b, c, i] = sum_k weights[b, k, i] * mask[b, c, tap k of i] (transpose: the "
+      "adjoint, the step's backward); mask and out [B, C, H, W] of the weights' dtype. steps > 1 on the CPU only "
+      "(CUDA: one step per call).");
 
   m.def(
       "random_walk_step",

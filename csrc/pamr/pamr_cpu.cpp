@@ -1,7 +1,9 @@
-// PAMR on the CPU: OpenMP over output rows. A propagation step builds one
-// output row of one mask channel at a time; per tap the row is a shifted
-// copy of one source row, so the inner loops are contiguous and vectorise,
-// with the clamped columns at either end handled as runs of their own.
+// PAMR on the CPU: OpenMP over output rows. The affinity and the forward
+// steps read maps through rows padded with replicated columns, so that each
+// tap of a row is one contiguous shifted row and the inner loops vectorise
+// across pixels without clamping; the forward steps also keep their sums in
+// registers (see forward_steps). The transpose gathers each output row with
+// the clamped runs at the edges handled on their own.
 #include <algorithm>
 #include <vector>
 
@@ -13,32 +15,6 @@ namespace {
 
 // Below this many output values a parallel region costs more than it saves.
 constexpr int64_t kMinParallelValues = 1 << 14;
-
-// Columns [0, lo) read column 0 of the source row, [lo, hi) read x + dx,
-// [hi, width) read the last column.
-inline void interior_columns(int64_t dx, int64_t width, int64_t& lo, int64_t& hi) {
-  lo = std::min(std::max<int64_t>(-dx, 0), width);
-  hi = std::max<int64_t>(std::min(width - dx, width), lo);
-}
-
-// out_row[x] = sum_k w_k(y, x) * mask[clamp(y + dy_k), clamp(x + dx_k)].
-template <class C>
-WSSS_CPU_VECTORIZED void gather_row(const C* weights_row, int64_t plane, const C* mask_plane, int64_t height,
-                                    int64_t width, int64_t y, const Dilations& dilations, C* out_row) {
-  std::fill(out_row, out_row + width, C(0));
-  for (int k = 0; k < dilations.taps(); ++k) {
-    const Offset o = tap_offset(dilations, k);
-    const C* w = weights_row + k * plane;
-    const C* source = mask_plane + clamp_index(y + o.dy, height) * width;
-    int64_t lo, hi;
-    interior_columns(o.dx, width, lo, hi);
-    const C first = source[0], last = source[width - 1];
-    for (int64_t x = 0; x < lo; ++x) out_row[x] += w[x] * first;
-#pragma omp simd
-    for (int64_t x = lo; x < hi; ++x) out_row[x] += w[x] * source[x + o.dx];
-    for (int64_t x = hi; x < width; ++x) out_row[x] += w[x] * last;
-  }
-}
 
 // The transpose: out_row[jx] (row jy) = sum over taps k and pixels i whose
 // tap k reads (jy, jx) of w_k(i) * grad(i). Inside the map that is the one
@@ -229,29 +205,74 @@ void affinity_typed(const AffinityArgs& args) {
   }
 }
 
-// The forward step, blocked for registers. The mask is first copied into
-// rows padded by `pad` replicated columns on each side, so every tap of every
-// column is a plain shifted load (no clamping in the inner loop). Then a
-// kLanes-wide strip of one output row is accumulated over all taps for a
-// block of channels at once: each weight vector is loaded once per block,
-// the sums never leave registers, and the strip is stored once.
-// 64-byte strips: one AVX-512 register of fp32 (or fp64), two AVX2 ones.
+// The forward steps, blocked for registers and run in one call, image by
+// image so that an image's buffers stay in cache across the steps.
+//
+// Layout. The mask lives in two scratch buffers used in turn, rows padded
+// with replicated columns (so every tap is a plain shifted load) and a left
+// margin rounded to whole strips (so stores are aligned). The weights are
+// re-laid out once as [y][tap][column]: the taps of a row are neighbours in
+// memory, and rows of both are zero-extended to whole strips, so the ragged
+// end of a row needs no code of its own (its extra columns compute 0 * 0).
+// Channel planes and tap rows are an odd number of cache lines apart: at
+// power-of-two sizes they would otherwise all map to one L1 set.
+//
+// Kernel. A 64-byte strip of one output row is summed for a block of up to
+// kMaxBlock channels over one dilation's 8 taps in registers: each weight
+// vector is loaded once per block, and the output strip is read and written
+// once per dilation instead of once per tap.
 template <class C>
-constexpr int kLanes = 64 / sizeof(C);
+constexpr int kLanes = 64 / sizeof(C);  // one AVX-512 register, two AVX2 ones
 
-// Strip [x0, x0 + kLanes) of row y for kBlock channels, over taps
-// [0, taps) of the given pointers. tap_weights[k] and tap_sources[k] point at
-// column 0 of weight plane k and of the padded source row tap k reads
-// (channel 0 of the block); the channels are channel_stride apart. The sums
-// start from zero (first) or from out.
+// Taps summed in registers before the sums go back to the output row: enough
+// to amortise that round trip, few enough that the source lines a strip reads
+// stay in L1 until the next strip reads them again.
+constexpr int kTapGroup = kNeighbours;
+
+// The largest block of channels kept in registers: 8 strips of sums plus a
+// weight strip fit the 32 AVX-512 registers.
+constexpr int kMaxBlock = 8;
+
+inline int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
+
+// At least value, an odd multiple of unit (here: an odd number of cache lines).
+inline int64_t odd_multiple(int64_t value, int64_t unit) { return round_up(value, 2 * unit) + unit; }
+
+struct StepLayout {
+  Padding padding;
+  int64_t strips;          // whole strips per row
+  int64_t left;            // the mask's column 0 in a scratch row
+  int64_t pitch;           // scratch row length
+  int64_t channel_stride;  // between scratch channel planes
+  int64_t weight_pitch;    // between re-laid-out tap rows
+};
+
+template <class C>
+StepLayout step_layout(const Dilations& dilations, int64_t height, int64_t width) {
+  constexpr int L = kLanes<C>;
+  StepLayout s;
+  s.padding = padding_for(dilations, width);
+  s.strips = (width + L - 1) / L;
+  s.left = round_up(s.padding.pad, L);
+  s.pitch = s.left + s.strips * L + round_up(s.padding.pad, L);
+  s.channel_stride = odd_multiple(height * s.pitch, L);
+  s.weight_pitch = s.strips % 2 ? s.strips * L : (s.strips + 1) * L;
+  return s;
+}
+
+// Strip [x0, x0 + kLanes) for kBlock channels, over taps [0, taps) of the
+// given pointers: tap_weights[k] and tap_sources[k] point at column 0 of the
+// tap's weight row and of the scratch row it reads (the block's first
+// channel); channels are channel_stride apart in the sources and in out. The
+// sums start from zero (first) or from out.
 template <class C, int kBlock>
 WSSS_CPU_VECTORIZED void gather_strip(const C* const* tap_weights, const C* const* tap_sources, int taps,
-                                      int64_t x0, int64_t channel_stride, bool first, C* out, int64_t plane) {
+                                      int64_t x0, int64_t channel_stride, bool first, C* out) {
   constexpr int L = kLanes<C>;
   C acc[kBlock][L];
   for (int c = 0; c < kBlock; ++c)
 #pragma omp simd
-    for (int l = 0; l < L; ++l) acc[c][l] = first ? C(0) : out[c * plane + x0 + l];
+    for (int l = 0; l < L; ++l) acc[c][l] = first ? C(0) : out[c * channel_stride + x0 + l];
   for (int k = 0; k < taps; ++k) {
     const C* w = tap_weights[k] + x0;
     const C* s = tap_sources[k] + x0;
@@ -261,105 +282,126 @@ WSSS_CPU_VECTORIZED void gather_strip(const C* const* tap_weights, const C* cons
   }
   for (int c = 0; c < kBlock; ++c)
 #pragma omp simd
-    for (int l = 0; l < L; ++l) out[c * plane + x0 + l] = acc[c][l];
+    for (int l = 0; l < L; ++l) out[c * channel_stride + x0 + l] = acc[c][l];
 }
-
-// Taps summed in registers before the sums go back to the output row: enough
-// to amortise that round trip, few enough that the source lines a strip reads
-// stay in L1 until the next strip reads them again.
-#ifndef WSSS_PAMR_TAP_GROUP
-#define WSSS_PAMR_TAP_GROUP 8
-#endif
-constexpr int kTapGroup = WSSS_PAMR_TAP_GROUP;
 
 template <class C, int kBlock>
-void gather_row_blocked(const C* const* tap_weights, const C* const* tap_sources, int taps, int64_t width,
-                        int64_t channel_stride, C* out_row, int64_t plane) {
-  constexpr int L = kLanes<C>;
-  const int64_t full = width / L * L;  // columns covered by whole strips
+void gather_row_blocked(const C* const* tap_weights, const C* const* tap_sources, int taps, int64_t strips,
+                        int64_t channel_stride, C* out_row) {
   for (int k0 = 0; k0 < taps; k0 += kTapGroup)
-    for (int64_t x0 = 0; x0 < full; x0 += L)
+    for (int64_t x0 = 0; x0 < strips * kLanes<C>; x0 += kLanes<C>)
       gather_strip<C, kBlock>(tap_weights + k0, tap_sources + k0, std::min(kTapGroup, taps - k0), x0,
-                              channel_stride, k0 == 0, out_row, plane);
-  // The ragged end: one strip ending at the last column, over every tap at
-  // once. The columns it shares with the last whole strip get the same sums,
-  // added in the same order, so rewriting them changes nothing.
-  if (full < width)
-    gather_strip<C, kBlock>(tap_weights, tap_sources, taps, width - L, channel_stride, true, out_row, plane);
+                              channel_stride, k0 == 0, out_row);
 }
-
-// The largest block of channels kept in registers: 8 strips of sums plus a
-// weight strip fit the 32 AVX-512 registers.
-constexpr int kMaxBlock = 8;
 
 template <class C>
 void gather_row_any_block(int block, const C* const* tap_weights, const C* const* tap_sources, int taps,
-                          int64_t width, int64_t channel_stride, C* out_row, int64_t plane) {
+                          int64_t strips, int64_t channel_stride, C* out_row) {
   switch (block) {
 #define WSSS_PAMR_BLOCK(n) \
   case n:                  \
-    return gather_row_blocked<C, n>(tap_weights, tap_sources, taps, width, channel_stride, out_row, plane);
+    return gather_row_blocked<C, n>(tap_weights, tap_sources, taps, strips, channel_stride, out_row);
     WSSS_PAMR_BLOCK(1) WSSS_PAMR_BLOCK(2) WSSS_PAMR_BLOCK(3) WSSS_PAMR_BLOCK(4)
     WSSS_PAMR_BLOCK(5) WSSS_PAMR_BLOCK(6) WSSS_PAMR_BLOCK(7) WSSS_PAMR_BLOCK(8)
 #undef WSSS_PAMR_BLOCK
   }
 }
 
+// Replicates a scratch row's first and last columns into its margins.
 template <class C>
-void gather_blocked(const PropagateArgs& args) {
+void fill_margins(C* row, const StepLayout& s, int64_t width) {
+  std::fill(row, row + s.left, row[s.left]);
+  std::fill(row + s.left + width, row + s.pitch, row[s.left + width - 1]);
+}
+
+template <class C>
+void forward_steps(const PropagateArgs& args) {
   const int64_t batch = args.mask.shape[0], channels = args.mask.shape[1];
   const int64_t height = args.mask.shape[2], width = args.mask.shape[3];
   const int64_t plane = height * width;
   const int taps = args.dilations.taps();
+  const StepLayout s = step_layout<C>(args.dilations, height, width);
   const C* weights = args.weights.as<const C>();
+  const C* mask = args.mask.as<const C>();
   C* out = args.out.as<C>();
-  const Padding p = padding_for(args.dilations, width);
-  std::vector<C> padded(static_cast<size_t>(batch * channels * height * p.pitch));
-  pad_rows(args.mask.as<const C>(), batch * channels * height, width, p, padded.data());
+  // Every scratch row is written in full (margins included) before it is
+  // read, so the extra columns of a last strip multiply zero weights by
+  // finite values.
+  std::vector<C> buffers[2] = {std::vector<C>(channels * s.channel_stride), std::vector<C>(channels * s.channel_stride)};
+  std::vector<C> tap_rows(static_cast<size_t>(height * taps * s.weight_pitch));
   // Channels split into near-equal blocks of at most kMaxBlock (21 -> 7 + 7 + 7).
   const int64_t blocks = (channels + kMaxBlock - 1) / kMaxBlock;
-  const int64_t padded_plane = height * p.pitch;
 #pragma omp parallel if (batch * channels * plane * taps >= kMinParallelValues)
   {
     std::vector<const C*> tap_weights(taps), tap_sources(taps);
+    for (int64_t b = 0; b < batch; ++b) {
+#pragma omp for schedule(static) nowait
+      for (int64_t y = 0; y < height; ++y)
+        for (int k = 0; k < taps; ++k) {
+          const C* row = weights + (b * taps + k) * plane + y * width;
+          C* target = tap_rows.data() + (y * taps + k) * s.weight_pitch;
+          std::copy(row, row + width, target);
+          std::fill(target + width, target + s.weight_pitch, C(0));
+        }
 #pragma omp for schedule(static)
-    for (int64_t task = 0; task < batch * height * blocks; ++task) {
-      const int64_t block = task % blocks, y = (task / blocks) % height, b = task / (blocks * height);
-      const int64_t c0 = block * channels / blocks, c1 = (block + 1) * channels / blocks;
-      const C* source_block = padded.data() + (b * channels + c0) * padded_plane;
-      for (int k = 0; k < taps; ++k) {
-        const Offset o = tap_offset(args.dilations, k);
-                tap_weights[k] = weights + (b * taps + k) * plane + y * width;
-        tap_sources[k] = source_block + clamp_index(y + o.dy, height) * p.pitch + p.pad + padded_shift(p, o.dx);
+      for (int64_t r = 0; r < channels * height; ++r) {
+        C* row = buffers[0].data() + (r / height) * s.channel_stride + (r % height) * s.pitch;
+        std::copy(mask + (b * channels * height + r) * width, mask + (b * channels * height + r + 1) * width,
+                  row + s.left);
+        fill_margins(row, s, width);
       }
-      gather_row_any_block(static_cast<int>(c1 - c0), tap_weights.data(), tap_sources.data(), taps, width,
-                           padded_plane, out + (b * channels + c0) * plane + y * width, plane);
+      for (int64_t step = 0; step < args.steps; ++step) {
+        const C* source = buffers[step % 2].data();
+        C* target = buffers[(step + 1) % 2].data();
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < height * blocks; ++task) {
+          // Row-major over (row, block): a row's three blocks share its weights in cache.
+          const int64_t y = task / blocks, block = task % blocks;
+          const int64_t c0 = block * channels / blocks, c1 = (block + 1) * channels / blocks;
+          for (int k = 0; k < taps; ++k) {
+            const Offset o = tap_offset(args.dilations, k);
+            tap_weights[k] = tap_rows.data() + (y * taps + k) * s.weight_pitch;
+            tap_sources[k] = source + c0 * s.channel_stride + clamp_index(y + o.dy, height) * s.pitch + s.left +
+                             padded_shift(s.padding, o.dx);
+          }
+          C* row = target + c0 * s.channel_stride + y * s.pitch;
+          gather_row_any_block(static_cast<int>(c1 - c0), tap_weights.data(), tap_sources.data(), taps, s.strips,
+                               s.channel_stride, row + s.left);
+          for (int64_t c = c0; c < c1; ++c) fill_margins(row + (c - c0) * s.channel_stride, s, width);
+        }
+      }
+      const C* result = buffers[args.steps % 2].data();
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < channels * height; ++r) {
+        const C* row = result + (r / height) * s.channel_stride + (r % height) * s.pitch + s.left;
+        std::copy(row, row + width, out + (b * channels * height + r) * width);
+      }
     }
   }
 }
 
+// The transpose, one step per pass through two buffers used in turn, the
+// last step landing in out.
 template <class C>
-void propagate_typed(const PropagateArgs& args) {
+void transpose_steps(const PropagateArgs& args) {
   const int64_t batch = args.mask.shape[0], channels = args.mask.shape[1];
   const int64_t height = args.mask.shape[2], width = args.mask.shape[3];
-  if (!args.transpose && width >= kLanes<C>) return gather_blocked<C>(args);
   const int64_t plane = height * width;
   const int64_t taps = args.dilations.taps();
   const C* weights = args.weights.as<const C>();
-  const C* mask = args.mask.as<const C>();
   C* out = args.out.as<C>();
+  std::vector<C> scratch(args.steps > 1 ? static_cast<size_t>(batch * channels * plane) : 0);
   const int64_t rows = batch * channels * height;
-#pragma omp parallel for schedule(static) if (rows * width * taps >= kMinParallelValues)
-  for (int64_t row = 0; row < rows; ++row) {
-    const int64_t y = row % height, bc = row / height, b = bc / channels;
-    const C* mask_plane = mask + bc * plane;
-    C* out_row = out + bc * plane + y * width;
-    if (args.transpose)
-      scatter_row_as_gather(weights + b * taps * plane, plane, mask_plane, height, width, y, args.dilations,
-                            out_row);
-    else
-      gather_row(weights + b * taps * plane + y * width, plane, mask_plane, height, width, y, args.dilations,
-                 out_row);
+#pragma omp parallel if (rows * width * taps >= kMinParallelValues)
+  for (int64_t step = 0; step < args.steps; ++step) {
+    const C* source = step == 0 ? args.mask.as<const C>() : ((args.steps - step) % 2 ? scratch.data() : out);
+    C* target = (args.steps - 1 - step) % 2 ? scratch.data() : out;
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < rows; ++row) {
+      const int64_t y = row % height, bc = row / height, b = bc / channels;
+      scatter_row_as_gather(weights + b * taps * plane, plane, source + bc * plane, height, width, y,
+                            args.dilations, target + bc * plane + y * width);
+    }
   }
 }
 
@@ -377,7 +419,11 @@ void propagate_cpu(const PropagateArgs& args) {
       args.weights.dtype, "weights",
       [&](auto storage_tag) {
         using S = decltype(storage_tag);
-        propagate_typed<compute_t<S>>(args);
+        using C = compute_t<S>;
+        if (args.transpose)
+          transpose_steps<C>(args);
+        else
+          forward_steps<C>(args);
       },
       /*allow_half=*/false);
 }
