@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/parallel.h"
+#include "common/tap_strips.h"
 #include "pamr/pamr.h"
 
 namespace wsss::pamr {
@@ -205,38 +206,21 @@ void affinity_typed(const AffinityArgs& args) {
   }
 }
 
-// The forward steps, blocked for registers and run in one call, image by
-// image so that an image's buffers stay in cache across the steps.
+// The forward steps, run in one call, image by image so that an image's
+// buffers stay in cache across the steps.
 //
 // Layout. The mask lives in two scratch buffers used in turn, rows padded
 // with replicated columns (so every tap is a plain shifted load) and a left
 // margin rounded to whole strips (so stores are aligned). The weights are
 // re-laid out once as [y][tap][column]: the taps of a row are neighbours in
 // memory, and rows of both are zero-extended to whole strips, so the ragged
-// end of a row needs no code of its own (its extra columns compute 0 * 0).
-// Channel planes and tap rows are an odd number of cache lines apart: at
-// power-of-two sizes they would otherwise all map to one L1 set.
+// end of a row needs no code of its own (its extra columns compute 0 * x).
+// Channel planes and tap rows are an odd number of cache lines apart.
 //
-// Kernel. A 64-byte strip of one output row is summed for a block of up to
-// kMaxBlock channels over one dilation's 8 taps in registers: each weight
-// vector is loaded once per block, and the output strip is read and written
-// once per dilation instead of once per tap.
+// Kernel: common/tap_strips.h, summing one dilation's 8 taps in registers
+// at a time for blocks of up to 8 channels.
 template <class C>
-constexpr int kLanes = 64 / sizeof(C);  // one AVX-512 register, two AVX2 ones
-
-// Taps summed in registers before the sums go back to the output row: enough
-// to amortise that round trip, few enough that the source lines a strip reads
-// stay in L1 until the next strip reads them again.
-constexpr int kTapGroup = kNeighbours;
-
-// The largest block of channels kept in registers: 8 strips of sums plus a
-// weight strip fit the 32 AVX-512 registers.
-constexpr int kMaxBlock = 8;
-
-inline int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
-
-// At least value, an odd multiple of unit (here: an odd number of cache lines).
-inline int64_t odd_multiple(int64_t value, int64_t unit) { return round_up(value, 2 * unit) + unit; }
+constexpr int kLanes = kStripLanes<C>;
 
 struct StepLayout {
   Padding padding;
@@ -258,53 +242,6 @@ StepLayout step_layout(const Dilations& dilations, int64_t height, int64_t width
   s.channel_stride = odd_multiple(height * s.pitch, L);
   s.weight_pitch = s.strips % 2 ? s.strips * L : (s.strips + 1) * L;
   return s;
-}
-
-// Strip [x0, x0 + kLanes) for kBlock channels, over taps [0, taps) of the
-// given pointers: tap_weights[k] and tap_sources[k] point at column 0 of the
-// tap's weight row and of the scratch row it reads (the block's first
-// channel); channels are channel_stride apart in the sources and in out. The
-// sums start from zero (first) or from out.
-template <class C, int kBlock>
-WSSS_CPU_VECTORIZED void gather_strip(const C* const* tap_weights, const C* const* tap_sources, int taps,
-                                      int64_t x0, int64_t channel_stride, bool first, C* out) {
-  constexpr int L = kLanes<C>;
-  C acc[kBlock][L];
-  for (int c = 0; c < kBlock; ++c)
-#pragma omp simd
-    for (int l = 0; l < L; ++l) acc[c][l] = first ? C(0) : out[c * channel_stride + x0 + l];
-  for (int k = 0; k < taps; ++k) {
-    const C* w = tap_weights[k] + x0;
-    const C* s = tap_sources[k] + x0;
-    for (int c = 0; c < kBlock; ++c)
-#pragma omp simd
-      for (int l = 0; l < L; ++l) acc[c][l] += w[l] * s[c * channel_stride + l];
-  }
-  for (int c = 0; c < kBlock; ++c)
-#pragma omp simd
-    for (int l = 0; l < L; ++l) out[c * channel_stride + x0 + l] = acc[c][l];
-}
-
-template <class C, int kBlock>
-void gather_row_blocked(const C* const* tap_weights, const C* const* tap_sources, int taps, int64_t strips,
-                        int64_t channel_stride, C* out_row) {
-  for (int k0 = 0; k0 < taps; k0 += kTapGroup)
-    for (int64_t x0 = 0; x0 < strips * kLanes<C>; x0 += kLanes<C>)
-      gather_strip<C, kBlock>(tap_weights + k0, tap_sources + k0, std::min(kTapGroup, taps - k0), x0,
-                              channel_stride, k0 == 0, out_row);
-}
-
-template <class C>
-void gather_row_any_block(int block, const C* const* tap_weights, const C* const* tap_sources, int taps,
-                          int64_t strips, int64_t channel_stride, C* out_row) {
-  switch (block) {
-#define WSSS_PAMR_BLOCK(n) \
-  case n:                  \
-    return gather_row_blocked<C, n>(tap_weights, tap_sources, taps, strips, channel_stride, out_row);
-    WSSS_PAMR_BLOCK(1) WSSS_PAMR_BLOCK(2) WSSS_PAMR_BLOCK(3) WSSS_PAMR_BLOCK(4)
-    WSSS_PAMR_BLOCK(5) WSSS_PAMR_BLOCK(6) WSSS_PAMR_BLOCK(7) WSSS_PAMR_BLOCK(8)
-#undef WSSS_PAMR_BLOCK
-  }
 }
 
 // Replicates a scratch row's first and last columns into its margins.
@@ -329,8 +266,7 @@ void forward_steps(const PropagateArgs& args) {
   // finite values.
   std::vector<C> buffers[2] = {std::vector<C>(channels * s.channel_stride), std::vector<C>(channels * s.channel_stride)};
   std::vector<C> tap_rows(static_cast<size_t>(height * taps * s.weight_pitch));
-  // Channels split into near-equal blocks of at most kMaxBlock (21 -> 7 + 7 + 7).
-  const int64_t blocks = (channels + kMaxBlock - 1) / kMaxBlock;
+  const int64_t blocks = channel_blocks(channels);
 #pragma omp parallel if (batch * channels * plane * taps >= kMinParallelValues)
   {
     std::vector<const C*> tap_weights(taps), tap_sources(taps);
@@ -357,7 +293,8 @@ void forward_steps(const PropagateArgs& args) {
         for (int64_t task = 0; task < height * blocks; ++task) {
           // Row-major over (row, block): a row's three blocks share its weights in cache.
           const int64_t y = task / blocks, block = task % blocks;
-          const int64_t c0 = block * channels / blocks, c1 = (block + 1) * channels / blocks;
+          int64_t c0, c1;
+          channel_block(block, blocks, channels, c0, c1);
           for (int k = 0; k < taps; ++k) {
             const Offset o = tap_offset(args.dilations, k);
             tap_weights[k] = tap_rows.data() + (y * taps + k) * s.weight_pitch;
@@ -365,8 +302,8 @@ void forward_steps(const PropagateArgs& args) {
                              padded_shift(s.padding, o.dx);
           }
           C* row = target + c0 * s.channel_stride + y * s.pitch;
-          gather_row_any_block(static_cast<int>(c1 - c0), tap_weights.data(), tap_sources.data(), taps, s.strips,
-                               s.channel_stride, row + s.left);
+          gather_row_strips(static_cast<int>(c1 - c0), tap_weights.data(), tap_sources.data(), taps, kNeighbours,
+                            s.strips, s.channel_stride, row + s.left);
           for (int64_t c = c0; c < c1; ++c) fill_margins(row + (c - c0) * s.channel_stride, s, width);
         }
       }
