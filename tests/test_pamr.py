@@ -86,11 +86,11 @@ def test_maps_smaller_than_the_largest_dilation(height, width):
 
 
 # The CPU forward steps work on 64-byte strips (16 float32 or 8 float64 columns, the last one
-# ragged) for blocks of up to 8 channels (21 -> 7 + 7 + 7, 9 -> 4 + 5), with replicated margins
+# ragged) for blocks of up to 12 channels (21 -> 10 + 11, 25 -> 8 + 8 + 9), with replicated margins
 # as wide as the largest dilation or the row, whichever is smaller.
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("height, width", [(3, 15), (5, 16), (4, 17), (2, 33), (9, 40), (30, 3)])
-@pytest.mark.parametrize("channels", [1, 8, 9, 21])
+@pytest.mark.parametrize("channels", [1, 9, 13, 21, 25])
 def test_strip_and_channel_block_edges_match_reference(dtype, height, width, channels):
     image, mask = smooth_image(2, height, width), soft_masks(2, channels, height, width)
     ours = wsss_ext.pamr(image.to(dtype), mask.to(dtype), (1, 3, 24), n_iters=4)

@@ -12,6 +12,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <memory>
+#include <new>
 
 #include "common/parallel.h"
 
@@ -20,8 +23,9 @@ namespace wsss {
 template <class C>
 constexpr int kStripLanes = 64 / static_cast<int>(sizeof(C));
 
-// 8 strips of sums plus a weight strip fit the 32 AVX-512 registers.
-constexpr int kMaxStripBlock = 8;
+// 12 strips of sums plus a weight strip fit the 32 AVX-512 registers with
+// room to spare (the AVX2 clone spills some: 16 registers of half the width).
+constexpr int kMaxStripBlock = 12;
 
 inline int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
 
@@ -76,11 +80,39 @@ void gather_row_strips(int block, const C* const* tap_weights, const C* const* t
     return gather_strips<C, n>(tap_weights, tap_sources, taps, tap_group, strips, channel_stride, out_row);
     WSSS_STRIP_BLOCK(1) WSSS_STRIP_BLOCK(2) WSSS_STRIP_BLOCK(3) WSSS_STRIP_BLOCK(4)
     WSSS_STRIP_BLOCK(5) WSSS_STRIP_BLOCK(6) WSSS_STRIP_BLOCK(7) WSSS_STRIP_BLOCK(8)
+    WSSS_STRIP_BLOCK(9) WSSS_STRIP_BLOCK(10) WSSS_STRIP_BLOCK(11) WSSS_STRIP_BLOCK(12)
 #undef WSSS_STRIP_BLOCK
   }
 }
 
-// Channel block b of `blocks` near-equal ones (21 -> 7 + 7 + 7): [c0, c1).
+// A zero-filled scratch array on 64-byte boundaries, so that strips that
+// start on a multiple of kStripLanes are whole cache lines (std::vector only
+// promises 16 bytes, and a strip straddling two lines costs two loads).
+template <class C>
+class StripBuffer {
+ public:
+  StripBuffer() = default;
+  explicit StripBuffer(int64_t size) { assign(size); }
+
+  void assign(int64_t size) {
+    if (size != size_) {
+      data_.reset(size > 0 ? static_cast<C*>(::operator new(size * sizeof(C), std::align_val_t(64))) : nullptr);
+      size_ = size;
+    }
+    if (size > 0) std::memset(data_.get(), 0, size * sizeof(C));
+  }
+  C* data() { return data_.get(); }
+  const C* data() const { return data_.get(); }
+
+ private:
+  struct Free {
+    void operator()(C* p) const { ::operator delete(p, std::align_val_t(64)); }
+  };
+  std::unique_ptr<C, Free> data_;
+  int64_t size_ = 0;
+};
+
+// Channel block b of `blocks` near-equal ones (21 -> 10 + 11): [c0, c1).
 inline void channel_block(int64_t b, int64_t blocks, int64_t channels, int64_t& c0, int64_t& c1) {
   c0 = b * channels / blocks;
   c1 = (b + 1) * channels / blocks;

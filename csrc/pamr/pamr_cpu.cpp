@@ -264,8 +264,8 @@ void forward_steps(const PropagateArgs& args) {
   // Every scratch row is written in full (margins included) before it is
   // read, so the extra columns of a last strip multiply zero weights by
   // finite values.
-  std::vector<C> buffers[2] = {std::vector<C>(channels * s.channel_stride), std::vector<C>(channels * s.channel_stride)};
-  std::vector<C> tap_rows(static_cast<size_t>(height * taps * s.weight_pitch));
+  StripBuffer<C> buffers[2] = {StripBuffer<C>(channels * s.channel_stride), StripBuffer<C>(channels * s.channel_stride)};
+  StripBuffer<C> tap_rows(height * taps * s.weight_pitch);
   const int64_t blocks = channel_blocks(channels);
 #pragma omp parallel if (batch * channels * plane * taps >= kMinParallelValues)
   {
