@@ -251,69 +251,136 @@ void fill_margins(C* row, const StepLayout& s, int64_t width) {
   std::fill(row + s.left + width, row + s.pitch, row[s.left + width - 1]);
 }
 
+// One image's steps by `workers` threads of the current parallel region,
+// `worker` being this one: each takes an equal share of every loop, with a
+// barrier where the next loop reads what the others wrote. With one worker
+// (a thread owning the image) there is no barrier at all.
+template <class C>
+struct ImageScratch {
+  StripBuffer<C> buffers[2], tap_rows;
+  std::vector<const C*> tap_weights, tap_sources;
+
+  ImageScratch(const StepLayout& s, int64_t channels, int64_t height, int taps)
+      : buffers{StripBuffer<C>(channels * s.channel_stride), StripBuffer<C>(channels * s.channel_stride)},
+        tap_rows(height * taps * s.weight_pitch),
+        tap_weights(taps),
+        tap_sources(taps) {}
+};
+
+inline void share(int64_t count, int worker, int workers, int64_t& lo, int64_t& hi) {
+  lo = count * worker / workers;
+  hi = count * (worker + 1) / workers;
+}
+
+inline void sync_workers(int workers) {
+  if (workers > 1) {
+#pragma omp barrier
+  }
+}
+
+template <class C>
+void forward_image(const PropagateArgs& args, const StepLayout& s, int64_t b, ImageScratch<C>& shared,
+                   std::vector<const C*>& tap_weights, std::vector<const C*>& tap_sources, int worker, int workers) {
+  const int64_t channels = args.mask.shape[1], height = args.mask.shape[2], width = args.mask.shape[3];
+  const int64_t plane = height * width;
+  const int taps = args.dilations.taps();
+  const C* weights = args.weights.as<const C>();
+  const C* mask = args.mask.as<const C>();
+  const int64_t blocks = channel_blocks(channels);
+  int64_t lo, hi;
+  // Every scratch row is written in full (margins included) before it is
+  // read, so the extra columns of a last strip multiply zero weights by
+  // finite values.
+  share(height, worker, workers, lo, hi);
+  for (int64_t y = lo; y < hi; ++y)
+    for (int k = 0; k < taps; ++k) {
+      const C* row = weights + (b * taps + k) * plane + y * width;
+      C* target = shared.tap_rows.data() + (y * taps + k) * s.weight_pitch;
+      std::copy(row, row + width, target);
+      std::fill(target + width, target + s.weight_pitch, C(0));
+    }
+  share(channels * height, worker, workers, lo, hi);
+  for (int64_t r = lo; r < hi; ++r) {
+    C* row = shared.buffers[0].data() + (r / height) * s.channel_stride + (r % height) * s.pitch;
+    std::copy(mask + (b * channels * height + r) * width, mask + (b * channels * height + r + 1) * width,
+              row + s.left);
+    fill_margins(row, s, width);
+  }
+  sync_workers(workers);
+  share(height * blocks, worker, workers, lo, hi);
+  for (int64_t step = 0; step < args.steps; ++step) {
+    const C* source = shared.buffers[step % 2].data();
+    C* target = shared.buffers[(step + 1) % 2].data();
+    for (int64_t task = lo; task < hi; ++task) {
+      // Row-major over (row, block): a row's blocks share its weights in cache.
+      const int64_t y = task / blocks, block = task % blocks;
+      int64_t c0, c1;
+      channel_block(block, blocks, channels, c0, c1);
+      for (int k = 0; k < taps; ++k) {
+        const Offset o = tap_offset(args.dilations, k);
+        tap_weights[k] = shared.tap_rows.data() + (y * taps + k) * s.weight_pitch;
+        tap_sources[k] = source + c0 * s.channel_stride + clamp_index(y + o.dy, height) * s.pitch + s.left +
+                         padded_shift(s.padding, o.dx);
+      }
+      C* row = target + c0 * s.channel_stride + y * s.pitch;
+      gather_row_strips(static_cast<int>(c1 - c0), tap_weights.data(), tap_sources.data(), taps, kNeighbours,
+                        s.strips, s.channel_stride, row + s.left);
+      for (int64_t c = c0; c < c1; ++c) fill_margins(row + (c - c0) * s.channel_stride, s, width);
+    }
+    sync_workers(workers);
+  }
+  const C* result = shared.buffers[args.steps % 2].data();
+  C* out = args.out.as<C>();
+  share(channels * height, worker, workers, lo, hi);
+  for (int64_t r = lo; r < hi; ++r) {
+    const C* row = result + (r / height) * s.channel_stride + (r % height) * s.pitch + s.left;
+    std::copy(row, row + width, out + (b * channels * height + r) * width);
+  }
+  sync_workers(workers);  // the scratch is reused for the next image
+}
+
+inline int thread_index() {
+#if defined(WSSS_WITH_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+inline int thread_count() {
+#if defined(WSSS_WITH_OPENMP)
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+// With at least as many images as threads, each thread owns whole images
+// (its own scratch, no barrier: a busy core delays only its images);
+// otherwise the threads share each image's rows, a barrier per step.
 template <class C>
 void forward_steps(const PropagateArgs& args) {
   const int64_t batch = args.mask.shape[0], channels = args.mask.shape[1];
   const int64_t height = args.mask.shape[2], width = args.mask.shape[3];
-  const int64_t plane = height * width;
   const int taps = args.dilations.taps();
   const StepLayout s = step_layout<C>(args.dilations, height, width);
-  const C* weights = args.weights.as<const C>();
-  const C* mask = args.mask.as<const C>();
-  C* out = args.out.as<C>();
-  // Every scratch row is written in full (margins included) before it is
-  // read, so the extra columns of a last strip multiply zero weights by
-  // finite values.
-  StripBuffer<C> buffers[2] = {StripBuffer<C>(channels * s.channel_stride), StripBuffer<C>(channels * s.channel_stride)};
-  StripBuffer<C> tap_rows(height * taps * s.weight_pitch);
-  const int64_t blocks = channel_blocks(channels);
-#pragma omp parallel if (batch * channels * plane * taps >= kMinParallelValues)
+  const bool parallel = batch * channels * height * width * taps >= kMinParallelValues;
+  const int threads = parallel ? cpu_max_threads() : 1;
+  if (batch >= threads) {
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+      ImageScratch<C> own(s, channels, height, taps);
+#pragma omp for schedule(dynamic)
+      for (int64_t b = 0; b < batch; ++b) forward_image(args, s, b, own, own.tap_weights, own.tap_sources, 0, 1);
+    }
+    return;
+  }
+  ImageScratch<C> shared(s, channels, height, taps);
+#pragma omp parallel num_threads(threads)
   {
     std::vector<const C*> tap_weights(taps), tap_sources(taps);
-    for (int64_t b = 0; b < batch; ++b) {
-#pragma omp for schedule(static) nowait
-      for (int64_t y = 0; y < height; ++y)
-        for (int k = 0; k < taps; ++k) {
-          const C* row = weights + (b * taps + k) * plane + y * width;
-          C* target = tap_rows.data() + (y * taps + k) * s.weight_pitch;
-          std::copy(row, row + width, target);
-          std::fill(target + width, target + s.weight_pitch, C(0));
-        }
-#pragma omp for schedule(static)
-      for (int64_t r = 0; r < channels * height; ++r) {
-        C* row = buffers[0].data() + (r / height) * s.channel_stride + (r % height) * s.pitch;
-        std::copy(mask + (b * channels * height + r) * width, mask + (b * channels * height + r + 1) * width,
-                  row + s.left);
-        fill_margins(row, s, width);
-      }
-      for (int64_t step = 0; step < args.steps; ++step) {
-        const C* source = buffers[step % 2].data();
-        C* target = buffers[(step + 1) % 2].data();
-#pragma omp for schedule(static)
-        for (int64_t task = 0; task < height * blocks; ++task) {
-          // Row-major over (row, block): a row's three blocks share its weights in cache.
-          const int64_t y = task / blocks, block = task % blocks;
-          int64_t c0, c1;
-          channel_block(block, blocks, channels, c0, c1);
-          for (int k = 0; k < taps; ++k) {
-            const Offset o = tap_offset(args.dilations, k);
-            tap_weights[k] = tap_rows.data() + (y * taps + k) * s.weight_pitch;
-            tap_sources[k] = source + c0 * s.channel_stride + clamp_index(y + o.dy, height) * s.pitch + s.left +
-                             padded_shift(s.padding, o.dx);
-          }
-          C* row = target + c0 * s.channel_stride + y * s.pitch;
-          gather_row_strips(static_cast<int>(c1 - c0), tap_weights.data(), tap_sources.data(), taps, kNeighbours,
-                            s.strips, s.channel_stride, row + s.left);
-          for (int64_t c = c0; c < c1; ++c) fill_margins(row + (c - c0) * s.channel_stride, s, width);
-        }
-      }
-      const C* result = buffers[args.steps % 2].data();
-#pragma omp for schedule(static)
-      for (int64_t r = 0; r < channels * height; ++r) {
-        const C* row = result + (r / height) * s.channel_stride + (r % height) * s.pitch + s.left;
-        std::copy(row, row + width, out + (b * channels * height + r) * width);
-      }
-    }
+    for (int64_t b = 0; b < batch; ++b)
+      forward_image(args, s, b, shared, tap_weights, tap_sources, thread_index(), thread_count());
   }
 }
 
