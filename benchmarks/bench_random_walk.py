@@ -26,6 +26,8 @@ cores; the record says so instead of a time.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -66,8 +68,10 @@ def transition_csr(affinity: torch.Tensor, beta: float, radius: int = 5) -> torc
     pixel = (rows * width + cols).reshape(1, -1).expand(taps, -1)
     indices = torch.stack([pixel[inside], (source_y * width + source_x)[inside]])
     nodes = height * width
-    matrix = torch.sparse_coo_tensor(indices, weights.reshape(taps, -1)[inside], (nodes, nodes))
-    return matrix.coalesce().to_sparse_csr()
+    with warnings.catch_warnings():  # "sparse CSR support is in beta", "invariant checks are disabled"
+        warnings.simplefilter("ignore", UserWarning)
+        matrix = torch.sparse_coo_tensor(indices, weights.reshape(taps, -1)[inside], (nodes, nodes))
+        return matrix.coalesce().to_sparse_csr()
 
 
 def sparse_walk(matrix: torch.Tensor, cams: torch.Tensor, n_steps: int = N_STEPS) -> torch.Tensor:
