@@ -1,7 +1,15 @@
-"""Benchmark of :func:`wsss_ext.random_walk` against the dense method of
-AffinityNet and IRNet (``wsss_ext.reference.random_walk_dense``: the (HW)^2
-affinity matrix, ``T = A^beta`` column-normalised, squared 8 times, ``x @ T``),
-on the same device and inputs, 256 steps, radius 5 (69 taps).
+"""Benchmark of :func:`wsss_ext.random_walk` against two peers, on the same
+device and inputs, 256 steps, radius 5 (69 taps), in the same run:
+
+- ``torch_sparse``: what a strong PyTorch user writes (:func:`sparse_walk`):
+  the normalised transition matrix as a ``torch.sparse`` CSR matrix, built
+  once, then 256 ``P @ X`` with the channels as the dense matrix's columns.
+  Timed twice: the 256 products alone (``torch_sparse``, the matrix built
+  outside the timed part) and with the matrix built from the affinities
+  (``torch_sparse_with_build``), as our time includes the normalisation.
+- ``dense``: the dense method of AffinityNet and IRNet
+  (``wsss_ext.reference.random_walk_dense``: the (HW)^2 affinity matrix,
+  ``T = A^beta`` column-normalised, squared 8 times, ``x @ T``).
 
 Cases:
 
@@ -18,11 +26,14 @@ cores; the record says so instead of a time.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
 import wsss_ext
 from common import measure, ratios
+from wsss_ext.ops.random_walk import _transition_weights
 from wsss_ext.reference import random_walk_dense
 
 KERNEL = "random_walk"
@@ -42,6 +53,36 @@ def _inputs(channels: int, height: int, width: int, kind: str) -> tuple[torch.Te
     return cams, affinity
 
 
+def transition_csr(affinity: torch.Tensor, beta: float, radius: int = 5) -> torch.Tensor:
+    """The walk's transition matrix for one image as CSR: ``P[p, q] = w_pt``
+    for ``q = p + o_t`` inside the map, with wsss_ext's normalisation (the
+    weights a user would compute the same way)."""
+    weights = _transition_weights(affinity, radius, beta)[0]  # [T, H, W]
+    taps, height, width = weights.shape
+    offsets = wsss_ext.neighbour_offsets(radius).to(affinity.device)
+    rows, cols = torch.meshgrid(torch.arange(height, device=affinity.device),
+                                torch.arange(width, device=affinity.device), indexing="ij")
+    source_y = rows.reshape(1, -1) + offsets[:, :1]
+    source_x = cols.reshape(1, -1) + offsets[:, 1:]
+    inside = (source_y >= 0) & (source_y < height) & (source_x >= 0) & (source_x < width)
+    pixel = (rows * width + cols).reshape(1, -1).expand(taps, -1)
+    indices = torch.stack([pixel[inside], (source_y * width + source_x)[inside]])
+    nodes = height * width
+    with warnings.catch_warnings():  # "sparse CSR support is in beta", "invariant checks are disabled"
+        warnings.simplefilter("ignore", UserWarning)
+        matrix = torch.sparse_coo_tensor(indices, weights.reshape(taps, -1)[inside], (nodes, nodes))
+        return matrix.coalesce().to_sparse_csr()
+
+
+def sparse_walk(matrix: torch.Tensor, cams: torch.Tensor, n_steps: int = N_STEPS) -> torch.Tensor:
+    """``n_steps`` CSR mat-mats ``P @ X``, X the [H*W, C] channels of one image."""
+    _, channels, height, width = cams.shape
+    values = cams[0].reshape(channels, -1).t().contiguous()
+    for _ in range(n_steps):
+        values = matrix @ values
+    return values.t().reshape(1, channels, height, width)
+
+
 def _dense_cost(nodes: int) -> str:
     flops = 8 * 2 * nodes**3
     return f"{nodes}^2 matrix ({nodes * nodes * 4 / 2**30:.2f} GiB fp32), {flops / 1e12:.0f} TFLOP for 8 squarings"
@@ -56,11 +97,28 @@ def _case(case: str, channels: int, height: int, width: int, kind: str, beta: fl
         "kernel": KERNEL,
         "case": case,
         "shape": [1, channels, height, width],
-        "params": {"beta": beta, "n_steps": N_STEPS, "radius": 5, "affinity": kind},
+        "params": {"beta": beta, "n_steps": N_STEPS, "radius": 5, "affinity": kind,
+                   "threads": torch.get_num_threads()},
         "ours": ours,
         "references": {},
         "ratios": {},
     }
+    matrix = transition_csr(affinity, beta)
+    sparse, sparse_walked = measure(lambda: sparse_walk(matrix, cams), device=device)
+    with_build, _ = measure(lambda: sparse_walk(transition_csr(affinity, beta), cams), device=device, repeat=3)
+    sparse_diff = float((walked - sparse_walked).abs().max() / walked.abs().max())
+    if not sparse_diff <= 1e-4:  # the same walk, float32 sums in another order
+        raise AssertionError(f"sparse_walk differs from wsss_ext.random_walk by {sparse_diff:.2e} (relative)")
+    for name, timing in (("torch_sparse", sparse), ("torch_sparse_with_build", with_build)):
+        record["references"][name] = timing
+        record["ratios"][name] = ratios(ours, timing)
+    record["max_relative_diff_torch_sparse"] = sparse_diff
+    print(
+        f"    ours {ours['median_ms']:.1f} ms, torch.sparse CSR {sparse['median_ms']:.1f} ms "
+        f"({record['ratios']['torch_sparse']['time']:.2f}x; with the matrix build {with_build['median_ms']:.1f} ms, "
+        f"{record['ratios']['torch_sparse_with_build']['time']:.2f}x), max relative diff {sparse_diff:.1e}",
+        flush=True,
+    )
     nodes = height * width
     if not dense:
         record["references"]["dense"] = {"skipped": f"not run on {device.type}: {_dense_cost(nodes)}"}

@@ -15,7 +15,15 @@ Cases, at the sizes the methods use them:
   prototype-marginal error the reference reached: equal accuracy, not equal
   tolerance numbers.
 
-Scores are cosine similarities of random unit vectors for SwAV and Leopart,
+- ``converged_pot``: 10000 x 1000 cosine scores, eps 0.05, to a marginal
+  error of 1e-4, against POT's fastest solver (``ot.sinkhorn``, the
+  exp-domain scaling in numpy float64) with its own ``stopThr=1e-4``. Both
+  plans' final errors are then measured by one function
+  (:func:`_plan_marginal_error`: the L1 errors of both marginals of the plan
+  normalised to mass 1) and recorded next to the times, since the two
+  stopping rules differ. Skipped when POT is not installed.
+
+Scores are cosine similarities of random unit vectors for SwAV, Leopart and the POT case,
 and log-probabilities ``log_softmax(3 z)`` for SeLa, which runs Sinkhorn on
 the network's log-probabilities.
 """
@@ -85,6 +93,64 @@ def _marginal_error(codes: torch.Tensor) -> float:
     for rows in _row_chunks(n, k):
         mass += codes[rows].sum(0, dtype=torch.float64)
     return float((mass / n - 1.0 / k).abs().sum())
+
+
+def _plan_marginal_error(plan: torch.Tensor) -> float:
+    """L1 errors of both marginals of ``plan`` normalised to mass 1, against
+    uniform ones: the one measure applied to wsss_ext's codes and POT's plan."""
+    n, k = plan.shape
+    rows = torch.zeros(n, dtype=torch.float64, device=plan.device)
+    cols = torch.zeros(k, dtype=torch.float64, device=plan.device)
+    for chunk in _row_chunks(n, k):
+        part = plan[chunk].double()
+        rows[chunk] = part.sum(1)
+        cols += part.sum(0)
+    total = cols.sum()
+    return float((rows / total - 1.0 / n).abs().sum() + (cols / total - 1.0 / k).abs().sum())
+
+
+def _pot_case(n: int, k: int, device: torch.device) -> dict:
+    """Converged Sinkhorn against POT's exp-domain solver, on the CPU."""
+    case, shape, tol = "converged_pot", (n, k), 1e-4
+    scores = _cosine_scores(n, k, device)
+    record = {
+        "kernel": KERNEL,
+        "case": case,
+        "shape": [n, k],
+        "params": {"epsilon": SWAV_EPSILON, "tol": tol, "threads": torch.get_num_threads(),
+                   "reference": "ot.sinkhorn(a, b, -scores, eps, stopThr=1e-4), numpy float64"},
+        "references": {},
+        "ratios": {},
+    }
+    _progress(case, shape, f"wsss_ext.sinkhorn_knopp to marginal error {tol:g}")
+    ours, codes = measure(lambda: wsss_ext.sinkhorn_knopp(scores, SWAV_EPSILON, tol=tol, max_iters=10000),
+                          device=device, repeat=3)
+    record["ours"] = ours
+    record["ours_plan_marginal_error"] = _plan_marginal_error(codes)
+    try:
+        import numpy as np
+        import ot
+    except ImportError:
+        record["references"]["pot_sinkhorn"] = {"skipped": "POT (the `ot` package) is not installed"}
+        return record
+    if device.type != "cpu":
+        record["references"]["pot_sinkhorn"] = {"skipped": "POT's numpy solver runs on the CPU only"}
+        return record
+    cost = (-scores).double().numpy()
+    a, b = np.full(n, 1.0 / n), np.full(k, 1.0 / k)
+    _progress(case, shape, "ot.sinkhorn, stopThr 1e-4, float64")
+    pot, plan = measure(lambda: ot.sinkhorn(a, b, cost, SWAV_EPSILON, stopThr=tol, numItermax=10000),
+                        device=device, repeat=3)
+    record["references"]["pot_sinkhorn"] = pot
+    record["ratios"]["pot_sinkhorn"] = ratios(ours, pot)
+    record["pot_plan_marginal_error"] = _plan_marginal_error(torch.from_numpy(plan))
+    print(
+        f"    ours {ours['median_ms']:.1f} ms (plan marginal error {record['ours_plan_marginal_error']:.1e}), "
+        f"POT {pot['median_ms']:.1f} ms ({record['pot_plan_marginal_error']:.1e}): "
+        f"{record['ratios']['pot_sinkhorn']['time']:.2f}x",
+        flush=True,
+    )
+    return record
 
 
 def _note_peak_above_output(ours: dict, codes: torch.Tensor) -> None:
@@ -229,4 +295,5 @@ def run(device: str, quick: bool) -> list[dict]:
             # The size at which issue 21 measured a peak of 4x the output.
             _fixed_iterations_case("memory_20000x300", 20000 // shrink, 300, device),
             _sela_case(math.ceil(sela_n / shrink), 3000, device),
+            _pot_case(10000 // shrink, 1000, device),
         ]

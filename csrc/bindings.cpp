@@ -734,33 +734,38 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "pamr_propagate",
       [](py::handle weights, py::handle mask, py::handle out, py::handle dilations, py::handle transpose,
-         py::handle stream) {
+         py::handle stream, py::handle steps) {
         const wsss::pamr::PropagateArgs args{to_view(weights, "weights"), to_view(mask, "mask"), to_view(out, "out"),
                                              wsss::pamr::make_dilations(int_list_arg(dilations, "dilations")),
-                                             bool_arg(transpose, "transpose")};
+                                             bool_arg(transpose, "transpose"), int_arg(steps, "steps", 1)};
         const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
         wsss::pamr::propagate(args, s);
       },
       py::arg("weights"), py::arg("mask"), py::arg("out"), py::arg("dilations"), py::arg("transpose") = false,
-      py::arg("stream") = 0,
-      "One PAMR step: out[b, c, i] = sum_k weights[b, k, i] * mask[b, c, tap k of i] (transpose: the adjoint, "
-      "the step's backward); mask and out [B, C, H, W] of the weights' dtype.");
+      py::arg("stream") = 0, py::arg("steps") = 1,
+      "`steps` PAMR steps, each out[b, c, i] = sum_k weights[b, k, i] * mask[b, c, tap k of i] (transpose: the "
+      "adjoint, the step's backward); mask and out [B, C, H, W] of the weights' dtype. steps > 1 on the CPU only "
+      "(CUDA: one step per call).");
 
   m.def(
       "random_walk_step",
       [](py::handle weights, py::handle offsets, py::handle x, py::handle y, py::handle transpose, py::handle halo,
-         py::handle stream) {
-        const wsss::random_walk::StepArgs args{to_view(weights, "weights"), to_view(offsets, "offsets"),
-                                               to_view(x, "x"),           to_view(y, "y"),
-                                               bool_arg(transpose, "transpose"), int32_arg(halo, "halo")};
+         py::handle stream, py::handle steps) {
+        const wsss::random_walk::StepArgs args{to_view(weights, "weights"),
+                                               to_view(offsets, "offsets"),
+                                               to_view(x, "x"),
+                                               to_view(y, "y"),
+                                               bool_arg(transpose, "transpose"),
+                                               int32_arg(halo, "halo"),
+                                               int_arg(steps, "steps", 1)};
         const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
         wsss::random_walk::step(args, s);
       },
       py::arg("weights"), py::arg("offsets"), py::arg("x"), py::arg("y"), py::arg("transpose") = false,
-      py::arg("halo") = 0, py::arg("stream") = 0,
-      "One random-walk step: y[b, c, p] = sum_t weights[b, t, p] * x[b, c, p + offsets[t]] over the taps inside "
+      py::arg("halo") = 0, py::arg("stream") = 0, py::arg("steps") = 1,
+      "`steps` random-walk steps (more than 1 on the CPU only), each y[b, c, p] = sum_t weights[b, t, p] * x[b, c, p + offsets[t]] over the taps inside "
       "the map (transpose: the adjoint, the step's backward). weights [B, T, H, W], offsets [T, 2] int32 (dy, dx), "
       "x and y [B, C, H, W] of the weights' dtype; halo = max |offset| (a shared-memory tile size on CUDA).");
 

@@ -85,6 +85,38 @@ def test_maps_smaller_than_the_largest_dilation(height, width):
     assert (ours - reference).abs().max() <= 1e-12
 
 
+# The CPU forward steps work on 64-byte strips (16 float32 or 8 float64 columns, the last one
+# ragged) for blocks of up to 12 channels (21 -> 10 + 11, 25 -> 8 + 8 + 9), with replicated margins
+# as wide as the largest dilation or the row, whichever is smaller.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("height, width", [(3, 15), (5, 16), (4, 17), (2, 33), (9, 40), (30, 3)])
+@pytest.mark.parametrize("channels", [1, 9, 13, 21, 25])
+def test_strip_and_channel_block_edges_match_reference(dtype, height, width, channels):
+    image, mask = smooth_image(2, height, width), soft_masks(2, channels, height, width)
+    ours = wsss_ext.pamr(image.to(dtype), mask.to(dtype), (1, 3, 24), n_iters=4)
+    reference = pamr_unfold(image.double(), mask.double(), (1, 3, 24), 4)
+    assert (ours.double() - reference).abs().max() <= (1e-5 if dtype == torch.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_all_steps_in_one_call_equal_one_call_per_step(transpose, dtype):
+    from wsss_ext import _C
+
+    image, mask = smooth_image(2, 11, 37), soft_masks(2, 5, 11, 37).to(dtype)
+    weights = wsss_ext.pamr_affinity(image.to(dtype), PAPER_DILATIONS)
+    stepped = mask
+    for _ in range(5):
+        out = torch.empty_like(mask)
+        _C.pamr_propagate(weights, stepped, out, list(PAPER_DILATIONS), transpose, 0, 1)
+        stepped = out
+    at_once = torch.empty_like(mask)
+    _C.pamr_propagate(weights, mask, at_once, list(PAPER_DILATIONS), transpose, 0, 5)
+    torch.testing.assert_close(at_once, stepped, rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-14)
+    with pytest.raises(ValueError, match="steps"):
+        _C.pamr_propagate(weights, mask, at_once, list(PAPER_DILATIONS), transpose, 0, 0)
+
+
 # --- properties ---------------------------------------------------------------------------------
 
 
@@ -186,7 +218,9 @@ def test_empty_inputs_give_empty_outputs(batch, channels, height, width):
 # --- gradients --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("height, width, dilations", [(6, 7, (1, 2)), (1, 1, (1,)), (4, 3, (1, 5)), (2, 9, (1, 4, 24))])
+@pytest.mark.parametrize(
+    "height, width, dilations", [(6, 7, (1, 2)), (1, 1, (1,)), (4, 3, (1, 5)), (2, 9, (1, 4, 24)), (3, 19, (2, 9))]
+)
 def test_gradcheck_on_the_mask(height, width, dilations):
     image = smooth_image(2, height, width).double()
     mask = torch.rand(2, 3, height, width, dtype=torch.float64, requires_grad=True)

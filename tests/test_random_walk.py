@@ -154,6 +154,53 @@ def test_non_symmetric_affinities_follow_the_gather_definition():
     torch.testing.assert_close(ours, random_walk_dense(x, affinity, 1.0, 1), rtol=1e-12, atol=1e-12)
 
 
+# The CPU steps work on 64-byte strips (16 float32 or 8 float64 columns, the last one ragged),
+# for blocks of up to 12 channels of a thread's channel group, over zero-padded maps.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("height, width", [(4, 15), (5, 16), (3, 17), (7, 33), (20, 3)])
+@pytest.mark.parametrize("channels", [1, 12, 13, 25])
+def test_strip_and_channel_block_edges_match_the_dense_method(dtype, height, width, channels):
+    x = random_scores(2, channels, height, width)
+    affinity = wsss_ext.feature_affinity(random_features(2, height, width))
+    ours = wsss_ext.random_walk(x.to(dtype), affinity.to(dtype), beta=4.0, n_steps=6)
+    reference = random_walk_dense(x, affinity, 4.0, 6)
+    assert (ours.double() - reference).abs().max() <= (1e-5 if dtype == torch.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_all_steps_in_one_call_equal_one_call_per_step(transpose, dtype):
+    from wsss_ext import _C
+
+    generator = torch.Generator().manual_seed(3)
+    weights = torch.rand(2, 69, 11, 37, generator=generator).to(dtype)  # not normalised: any weights
+    offsets = wsss_ext.neighbour_offsets(5).to(torch.int32)
+    x = random_scores(2, 14, 11, 37).to(dtype)
+    stepped = x
+    for _ in range(5):
+        out = torch.empty_like(x)
+        _C.random_walk_step(weights, offsets, stepped, out, transpose, 4, 0, 1)
+        stepped = out
+    at_once = torch.empty_like(x)
+    _C.random_walk_step(weights, offsets, x, at_once, transpose, 4, 0, 5)
+    torch.testing.assert_close(at_once, stepped, rtol=1e-6 if dtype == torch.float32 else 1e-14, atol=0)
+    with pytest.raises(ValueError, match="steps"):
+        _C.random_walk_step(weights, offsets, x, at_once, transpose, 4, 0, 0)
+
+
+def test_transpose_step_is_the_adjoint():
+    from wsss_ext import _C
+
+    generator = torch.Generator().manual_seed(4)
+    weights = torch.rand(1, 69, 9, 21, generator=generator, dtype=torch.float64)
+    offsets = wsss_ext.neighbour_offsets(5).to(torch.int32)
+    x, g = random_scores(1, 3, 9, 21, seed=5), random_scores(1, 3, 9, 21, seed=6)
+    px, ptg = torch.empty_like(x), torch.empty_like(g)
+    _C.random_walk_step(weights, offsets, x, px, False, 4, 0, 3)
+    _C.random_walk_step(weights, offsets, g, ptg, True, 4, 0, 3)
+    torch.testing.assert_close((px * g).sum(), (x * ptg).sum(), rtol=1e-12, atol=0)
+
+
 # --- properties -----------------------------------------------------------------------------------
 
 

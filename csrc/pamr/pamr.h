@@ -130,12 +130,15 @@ struct AffinityArgs {
   double sigma = 0.1;
 };
 
-// out = P(mask) (or its transpose P^T(mask)) for one step; mask and out
-// [B, C, H, W] of the weights' dtype, out not aliasing mask.
+// out = P^steps(mask) (or (P^T)^steps(mask)); mask and out [B, C, H, W] of
+// the weights' dtype, out not aliasing mask. The CPU backend runs every step
+// in one call (its scratch stays in cache across them); CUDA takes one step
+// per call.
 struct PropagateArgs {
   ArrayView weights, mask, out;
   Dilations dilations;
   bool transpose = false;
+  int64_t steps = 1;
 };
 
 // Checked conversion of the Python list.

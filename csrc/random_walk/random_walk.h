@@ -31,10 +31,13 @@ WSSS_HD bool inside(int64_t y, int64_t x, int64_t height, int64_t width) {
 // halo: the largest |dy| or |dx| of the offsets, the border the CUDA kernels
 // stage in shared memory around each tile (a tap beyond it is read from
 // global memory instead, so a wrong halo costs speed, never correctness).
+// steps: y = P^steps x; the CPU backend runs them all in one call (its
+// scratch stays in cache across them), CUDA takes one step per call.
 struct StepArgs {
   ArrayView weights, offsets, x, y;
   bool transpose = false;
   int halo = 0;
+  int64_t steps = 1;
 };
 
 // grad_weights [B, T, H, W] += grad_y (.) x shifted by each tap.

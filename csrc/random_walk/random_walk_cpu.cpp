@@ -1,10 +1,14 @@
-// Random walk on the CPU: OpenMP over output rows. For one row and one tap
-// every channel reads one shifted source row, so the inner loops are
-// contiguous and vectorise; the tap's weight row is read once for all
-// channels.
+// Random walk on the CPU: OpenMP over output rows. The steps (walk_steps)
+// read zero-padded copies of the maps, so each tap of a row is one shifted
+// row and the sums stay in registers (common/tap_strips.h); the weight
+// gradient reads one shifted source row per tap and row, contiguous loops
+// that vectorise.
 #include <algorithm>
+#include <cstdlib>
+#include <vector>
 
 #include "common/parallel.h"
+#include "common/tap_strips.h"
 #include "random_walk/random_walk.h"
 
 namespace wsss::random_walk {
@@ -17,34 +21,6 @@ constexpr int64_t kMinParallelWork = 1 << 15;
 inline void valid_columns(int64_t shift, int64_t width, int64_t& lo, int64_t& hi) {
   lo = std::min(std::max<int64_t>(-shift, 0), width);
   hi = std::max(std::min(width - shift, width), lo);
-}
-
-// Row `row` of every channel of one image. Forward: y[c, p] = sum_t w[t, p]
-// x[c, p + o_t]. Transpose: y[c, q] = sum_t w[t, q - o_t] x[c, q - o_t], the
-// weight then read at the source pixel. Either way each tap reads one
-// shifted source row.
-template <class T, bool kTranspose>
-WSSS_CPU_VECTORIZED void step_row(const T* weights, const int32_t* offsets, int64_t taps, const T* x,
-                                  int64_t channels, int64_t height, int64_t width, int64_t row, T* y) {
-  const int64_t plane = height * width;
-  for (int64_t c = 0; c < channels; ++c) std::fill(y + c * plane + row * width, y + c * plane + (row + 1) * width, T(0));
-  for (int64_t t = 0; t < taps; ++t) {
-    const int64_t dy = kTranspose ? -offsets[2 * t] : offsets[2 * t];
-    const int64_t dx = kTranspose ? -offsets[2 * t + 1] : offsets[2 * t + 1];
-    const int64_t source_row = row + dy;
-    if (source_row < 0 || source_row >= height) continue;
-    int64_t lo, hi;
-    valid_columns(dx, width, lo, hi);
-    // Forward: the output pixel's weights (column col); transpose: the source's (col + dx).
-    const T* w = weights + t * plane + (kTranspose ? source_row : row) * width;
-    const int64_t w_shift = kTranspose ? dx : 0;
-    for (int64_t c = 0; c < channels; ++c) {
-      const T* source = x + c * plane + source_row * width;
-      T* out = y + c * plane + row * width;
-#pragma omp simd
-      for (int64_t col = lo; col < hi; ++col) out[col] += w[col + w_shift] * source[col + dx];
-    }
-  }
 }
 
 // grad_w[t, row, :] += sum_c grad_y[c, row, :] x[c, row + dy, : + dx].
@@ -64,25 +40,116 @@ WSSS_CPU_VECTORIZED void weight_grad_row(const T* grad_y, const T* x, int64_t ch
   }
 }
 
+// The steps, run in one call. Channels walk independently, so each thread
+// takes whole (image, channel group) items and runs every step on them with
+// no barrier at all: a busy core delays only its own item, and the item's
+// buffers stay in cache across the steps.
+//
+// Layout. Both buffers of an item are planes with `reach` zero rows and
+// columns around the map (reach = the largest |dy|, |dx| of the offsets), a
+// left margin rounded to whole strips, rows extended to whole 64-byte strips
+// and planes an odd number of cache lines apart. Every tap of every pixel is
+// then a plain shifted load: a tap outside the map reads zero, as the
+// per-pixel bounds check did. The weights get the same layout (the
+// transpose reads them at the source pixel: a shifted load too), without
+// the padding in the forward direction, which reads them unshifted. The
+// strips' extra columns are set back to zero after each row, so the padding
+// stays zero for the next step.
 template <class T>
-void step_typed(const StepArgs& args) {
+struct WalkLayout {
+  int64_t reach_y = 0, reach_x = 0;  // zero rows / columns around the map
+  int64_t strips;                    // whole strips per row
+  int64_t left;                      // column 0 of the map in a padded row
+  int64_t pitch;                     // padded row length
+  int64_t plane;                     // between padded planes (channels, taps)
+
+  WalkLayout(const int32_t* offsets, int64_t taps, int64_t height, int64_t width, bool padded) {
+    constexpr int L = kStripLanes<T>;
+    for (int64_t t = 0; padded && t < taps; ++t) {
+      reach_y = std::max<int64_t>(reach_y, std::abs(offsets[2 * t]));
+      reach_x = std::max<int64_t>(reach_x, std::abs(offsets[2 * t + 1]));
+    }
+    // Larger shifts read nothing but padding: they are capped to it (shift()).
+    reach_y = std::min(reach_y, height);
+    reach_x = std::min(reach_x, width);
+    strips = (width + L - 1) / L;
+    left = round_up(reach_x, L);
+    pitch = left + strips * L + round_up(reach_x, L);
+    plane = odd_multiple((height + 2 * reach_y) * pitch, L);
+  }
+
+  int64_t at(int64_t y, int64_t x) const { return (y + reach_y) * pitch + left + x; }
+  int64_t shift_y(int64_t dy) const { return std::max(-reach_y, std::min(reach_y, dy)); }
+  int64_t shift_x(int64_t dx) const { return std::max(-reach_x, std::min(reach_x, dx)); }
+};
+
+template <class T>
+void copy_into_padded(const T* map, int64_t planes, int64_t height, int64_t width, const WalkLayout<T>& s,
+                      T* padded) {
+  for (int64_t r = 0; r < planes * height; ++r)
+    std::copy(map + r * width, map + (r + 1) * width, padded + (r / height) * s.plane + s.at(r % height, 0));
+}
+
+template <class T>
+void walk_steps(const StepArgs& args) {
   const int64_t batch = args.x.shape[0], channels = args.x.shape[1];
   const int64_t height = args.x.shape[2], width = args.x.shape[3], taps = args.weights.shape[1];
   const int64_t plane = height * width;
-  const T* weights = args.weights.as<const T>();
   const int32_t* offsets = args.offsets.as<const int32_t>();
-  const T* x = args.x.as<const T>();
-  T* y = args.y.as<T>();
-#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(static) if (batch * channels * plane * taps >= kMinParallelWork)
-  for (int64_t task = 0; task < batch * height; ++task) {
-    const int64_t b = task / height, row = task % height;
-    const T* w = weights + b * taps * plane;
-    const T* xb = x + b * channels * plane;
-    T* yb = y + b * channels * plane;
-    if (args.transpose)
-      step_row<T, true>(w, offsets, taps, xb, channels, height, width, row, yb);
-    else
-      step_row<T, false>(w, offsets, taps, xb, channels, height, width, row, yb);
+  const bool transpose = args.transpose;
+  const WalkLayout<T> s(offsets, taps, height, width, true), ws(offsets, taps, height, width, transpose);
+  // Enough (image, channel group) items for every thread.
+  const int threads = batch * channels * plane * taps >= kMinParallelWork ? cpu_threads() : 1;
+  const int64_t groups = std::min<int64_t>(channels, (threads + batch - 1) / batch);
+  // Zero-initialised: the padding is never written.
+  StripBuffer<T> weights(batch * taps * ws.plane);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < batch; ++b)
+      copy_into_padded(args.weights.as<const T>() + b * taps * plane, taps, height, width, ws,
+                       weights.data() + b * taps * ws.plane);
+    std::vector<const T*> tap_weights(taps), tap_sources(taps), block_sources(taps);
+    StripBuffer<T> buffers[2];
+#pragma omp for schedule(dynamic)
+    for (int64_t item = 0; item < batch * groups; ++item) {
+      const int64_t b = item / groups;
+      int64_t g0, g1;  // the item's channels
+      channel_block(item % groups, groups, channels, g0, g1);
+      const int64_t count = g1 - g0, blocks = channel_blocks(count);
+      for (auto& buffer : buffers) buffer.assign(count * s.plane);
+      copy_into_padded(args.x.as<const T>() + (b * channels + g0) * plane, count, height, width, s,
+                       buffers[0].data());
+      const T* image_weights = weights.data() + b * taps * ws.plane;
+      for (int64_t step = 0; step < args.steps; ++step) {
+        const T* source = buffers[step % 2].data();
+        T* target = buffers[(step + 1) % 2].data();
+        for (int64_t row = 0; row < height; ++row) {
+          for (int64_t t = 0; t < taps; ++t) {
+            const int64_t dy = s.shift_y(offsets[2 * t]), dx = s.shift_x(offsets[2 * t + 1]);
+            // Forward: the output pixel's weight; transpose: the source pixel's.
+            tap_sources[t] = source + (transpose ? s.at(row - dy, -dx) : s.at(row + dy, dx));
+            tap_weights[t] = image_weights + t * ws.plane + (transpose ? ws.at(row - dy, -dx) : ws.at(row, 0));
+          }
+          for (int64_t block = 0; block < blocks; ++block) {
+            int64_t c0, c1;
+            channel_block(block, blocks, count, c0, c1);
+            for (int64_t t = 0; t < taps; ++t) block_sources[t] = tap_sources[t] + c0 * s.plane;
+            T* out = target + c0 * s.plane + s.at(row, 0);
+            gather_row_strips(static_cast<int>(c1 - c0), tap_weights.data(), block_sources.data(),
+                              static_cast<int>(taps), static_cast<int>(taps), s.strips, s.plane, out);
+            for (int64_t c = 0; c < c1 - c0; ++c)
+              std::fill(out + c * s.plane + width, out + c * s.plane + s.strips * kStripLanes<T>, T(0));
+          }
+        }
+      }
+      const T* result = buffers[args.steps % 2].data();
+      T* y = args.y.as<T>() + (b * channels + g0) * plane;
+      for (int64_t r = 0; r < count * height; ++r) {
+        const T* row = result + (r / height) * s.plane + s.at(r % height, 0);
+        std::copy(row, row + width, y + r * width);
+      }
+    }
   }
 }
 
@@ -107,7 +174,7 @@ void weight_grad_typed(const WeightGradArgs& args) {
 
 void step_cpu(const StepArgs& args) {
   dispatch_floating(
-      args.weights.dtype, "weights", [&](auto tag) { step_typed<compute_t<decltype(tag)>>(args); },
+      args.weights.dtype, "weights", [&](auto tag) { walk_steps<compute_t<decltype(tag)>>(args); },
       /*allow_half=*/false);
 }
 

@@ -13,7 +13,8 @@ dilation ``d``, indices clamped to the map)::
 
 The published code materialises a ``B x C x taps x H x W`` tensor on every
 iteration; here the weights (``B x taps x H x W``) are computed once and each
-iteration is one gather pass between two ``B x C x H x W`` buffers. The
+iteration is one gather pass between two ``B x C x H x W`` buffers (on the
+CPU all iterations run in one call, through cache-resident scratch). The
 iteration is linear in the mask, so its backward is the transposed gather
 (exact, deterministic, no atomics). ``wsss_ext.reference.pamr_unfold`` is the
 published method, for reading and testing.
@@ -83,7 +84,12 @@ def _propagate(weights: Tensor, mask: Tensor, dilations: list[int], n_iters: int
     if n_iters == 0:
         return mask.clone()
     stream = cuda_stream(mask)
-    # Two buffers used in turn; the input mask is never written.
+    if mask.device.type == "cpu":
+        # The CPU backend runs every step in one call, its scratch in cache.
+        out = torch.empty_like(mask)
+        _C.pamr_propagate(weights, mask, out, dilations, transpose, stream, n_iters)
+        return out
+    # CUDA: one launch per step, two buffers used in turn; the input mask is never written.
     buffers = [torch.empty_like(mask) for _ in range(min(n_iters, 2))]
     current = mask
     for step in range(n_iters):

@@ -244,6 +244,11 @@ def boundary_affinity(boundary: Tensor, radius: int = 5) -> Tensor:
 def _steps(weights: Tensor, x: Tensor, offsets: Tensor, n_steps: int, halo: int, transpose: bool) -> Tensor:
     """n_steps of P (or P^T) on x, between two buffers; x itself is not written."""
     stream = cuda_stream(x)
+    if x.device.type == "cpu":
+        # The CPU backend runs every step in one call, its scratch in cache.
+        out = torch.empty_like(x)
+        _C.random_walk_step(weights, offsets, x, out, transpose, halo, stream, n_steps)
+        return out
     buffers = [torch.empty_like(x) for _ in range(min(n_steps, 2))]
     current = x
     for step in range(n_steps):
