@@ -56,7 +56,7 @@ void propagate(const PropagateArgs& args, uintptr_t stream) {
   check_buffer(args.out, "out", weights.dtype, {batch, channels, height, width}, weights, "weights", true);
   check_disjoint({{args.out, "out"}}, {{args.mask, "mask"}, {weights, "weights"}});
   WSSS_CHECK(args.steps >= 1, "steps must be >= 1, got ", args.steps);
-  WSSS_CHECK(args.steps == 1 || !weights.is_cuda(), "the CUDA backend takes one step per call, got steps = ",
+  WSSS_CHECK(args.steps == 1 || !runs_on_cuda(weights), "the CUDA backend takes one step per call, got steps = ",
              args.steps);
   if (args.mask.numel() == 0) return;
   WSSS_ROUTE(weights, "weights", stream, propagate_cuda(args, stream), propagate_cpu(args));

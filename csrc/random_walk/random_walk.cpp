@@ -19,7 +19,7 @@ void step(const StepArgs& args, uintptr_t stream) {
   check_buffer(args.y, "y", weights.dtype, {batch, channels, height, width}, weights, "weights", true);
   check_disjoint({{args.y, "y"}}, {{args.x, "x"}, {weights, "weights"}, {args.offsets, "offsets"}});
   WSSS_CHECK(args.steps >= 1, "steps must be >= 1, got ", args.steps);
-  WSSS_CHECK(args.steps == 1 || !weights.is_cuda(), "the CUDA backend takes one step per call, got steps = ",
+  WSSS_CHECK(args.steps == 1 || !runs_on_cuda(weights), "the CUDA backend takes one step per call, got steps = ",
              args.steps);
   if (args.x.numel() == 0) return;
   WSSS_ROUTE(weights, "weights", stream, step_cuda(args, stream), step_cpu(args));

@@ -41,6 +41,7 @@ from wsss_ext.ops._checks import (
     fast_custom_op,
     require_all,
     require_finite,
+    runs_on_cuda,
     vmap_into_batch,
 )
 
@@ -84,7 +85,7 @@ def _propagate(weights: Tensor, mask: Tensor, dilations: list[int], n_iters: int
     if n_iters == 0:
         return mask.clone()
     stream = cuda_stream(mask)
-    if mask.device.type == "cpu":
+    if not runs_on_cuda(mask):
         # The CPU backend runs every step in one call, its scratch in cache.
         out = torch.empty_like(mask)
         _C.pamr_propagate(weights, mask, out, dilations, transpose, stream, n_iters)

@@ -35,6 +35,7 @@ from wsss_ext.ops._checks import (
     fast_custom_op,
     require_all,
     require_finite,
+    runs_on_cuda,
     vmap_into_batch,
 )
 
@@ -244,7 +245,7 @@ def boundary_affinity(boundary: Tensor, radius: int = 5) -> Tensor:
 def _steps(weights: Tensor, x: Tensor, offsets: Tensor, n_steps: int, halo: int, transpose: bool) -> Tensor:
     """n_steps of P (or P^T) on x, between two buffers; x itself is not written."""
     stream = cuda_stream(x)
-    if x.device.type == "cpu":
+    if not runs_on_cuda(x):
         # The CPU backend runs every step in one call, its scratch in cache.
         out = torch.empty_like(x)
         _C.random_walk_step(weights, offsets, x, out, transpose, halo, stream, n_steps)
