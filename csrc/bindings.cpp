@@ -35,6 +35,9 @@ using wsss::DType;
 
 namespace {
 
+// The most iterations or steps one call runs (Sinkhorn, PAMR, the walk): the Python layer's MAX_ITERATIONS.
+constexpr int64_t kMaxIterations = 100000;
+
 [[noreturn]] void type_error(const std::string& message) { throw py::type_error(message); }
 
 DType dtype_from_torch(const std::string& name, const char* arg) {
@@ -566,7 +569,7 @@ PYBIND11_MODULE(_C, m) {
       [](py::handle scores, py::handle codes, py::handle workspace, py::handle inv_eps, py::handle n_iters) {
         const wsss::sinkhorn::SolveArgs args{to_view(scores, "scores"), to_view(codes, "codes"),
                                              to_view(workspace, "workspace"), real_arg(inv_eps, "inv_eps"),
-                                             int_arg(n_iters, "n_iters", 0, 100000)};
+                                             int_arg(n_iters, "n_iters", 0, kMaxIterations)};
         py::gil_scoped_release no_gil;
         return wsss::sinkhorn::solve(args);
       },
@@ -737,7 +740,7 @@ PYBIND11_MODULE(_C, m) {
          py::handle stream, py::handle steps) {
         const wsss::pamr::PropagateArgs args{to_view(weights, "weights"), to_view(mask, "mask"), to_view(out, "out"),
                                              wsss::pamr::make_dilations(int_list_arg(dilations, "dilations")),
-                                             bool_arg(transpose, "transpose"), int_arg(steps, "steps", 1)};
+                                             bool_arg(transpose, "transpose"), int_arg(steps, "steps", 1, kMaxIterations)};
         const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
         wsss::pamr::propagate(args, s);
@@ -758,7 +761,7 @@ PYBIND11_MODULE(_C, m) {
                                                to_view(y, "y"),
                                                bool_arg(transpose, "transpose"),
                                                int32_arg(halo, "halo"),
-                                               int_arg(steps, "steps", 1)};
+                                               int_arg(steps, "steps", 1, kMaxIterations)};
         const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
         wsss::random_walk::step(args, s);

@@ -142,6 +142,17 @@ def test_cpp_checks_name_the_argument(argument, bad, message):
         _step(**buffers)
 
 
+def test_cpp_caps_the_steps_of_one_call():
+    # The all-steps-in-one-call CPU paths take the Python layer's iteration cap (MAX_ITERATIONS) in C++ too.
+    weights, mask = np.full((1, 8, 3, 3), 1 / 8, np.float32), np.ones((1, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"steps must be in \[1, 100000\]"):
+        lowlevel.pamr_propagate(weights, mask, np.empty_like(mask), [1], False, 0, 100001)
+    offsets = np.array([[0, 0]], np.int32)
+    x = np.ones((1, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"steps must be in \[1, 100000\]"):
+        lowlevel.random_walk_step(np.ones((1, 1, 3, 3), np.float32), offsets, x, np.empty_like(x), False, 0, 0, 0)
+
+
 def test_cpp_refuses_to_write_read_only_memory():
     buffers = _step_buffers()
     buffers["g"].setflags(write=False)
