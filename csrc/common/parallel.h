@@ -42,6 +42,34 @@ inline int cpu_max_threads() {
 #endif
 }
 
+// This thread's index in the current parallel region, and the region's size
+// (0 and 1 outside one, or without OpenMP).
+inline int thread_index() {
+#if defined(WSSS_WITH_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+inline int thread_count() {
+#if defined(WSSS_WITH_OPENMP)
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+// Whether the caller already runs inside a parallel region (always, without
+// OpenMP: there is no team to start).
+inline bool in_parallel_region() {
+#if defined(WSSS_WITH_OPENMP)
+  return omp_in_parallel() != 0;
+#else
+  return true;
+#endif
+}
+
 namespace detail {
 
 inline int& requested_cpu_threads() {

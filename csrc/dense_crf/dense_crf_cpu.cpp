@@ -24,22 +24,6 @@ constexpr int64_t kBlock = 256;
 
 static_assert(sizeof(std::atomic<int32_t>) == sizeof(int32_t), "hash slots are updated in place as atomics");
 
-inline bool in_parallel_region() {
-#if defined(WSSS_WITH_OPENMP)
-  return omp_in_parallel() != 0;
-#else
-  return true;
-#endif
-}
-
-inline int thread_index() {
-#if defined(WSSS_WITH_OPENMP)
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
 // Small loops, and every loop of the image-by-image path (already inside its
 // threads' region), run straight through: no team, no schedule, no barrier.
 template <class Body>

@@ -339,22 +339,6 @@ void forward_image(const PropagateArgs& args, const StepLayout& s, int64_t b, Im
   sync_workers(workers);  // the scratch is reused for the next image
 }
 
-inline int thread_index() {
-#if defined(WSSS_WITH_OPENMP)
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
-inline int thread_count() {
-#if defined(WSSS_WITH_OPENMP)
-  return omp_get_num_threads();
-#else
-  return 1;
-#endif
-}
-
 // With at least as many images as threads, each thread owns whole images
 // (its own scratch, no barrier: a busy core delays only its images);
 // otherwise the threads share each image's rows, a barrier per step.
