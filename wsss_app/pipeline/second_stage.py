@@ -90,7 +90,7 @@ def cam_run_extras(key: str, cam_method: nn.Module, images: torch.utils.data.Dat
 
         if map_size is None:
             raise ValueError(f"{key} needs map_size, its network's output size, for its seeds")
-        return {"seeds": reduce_label_map(localisation_cues(cams, tags), tuple(map_size)), "cams": cams}
+        return {"seeds": reduce_label_map(localisation_cues(cams, tags), tuple(map_size))}
     return cam_label_extras(key, cams, pixels, tags, batch_size=batch_size, device=device)
 
 
