@@ -531,6 +531,17 @@ PYBIND11_MODULE(_C, m) {
       "Whether every element of a CPU array is finite (no NaN, no inf); integer arrays always are. Any strides.");
 
   m.def(
+      "max_abs",
+      [](py::handle values) {
+        const ArrayView view = to_view(values, "values");
+        py::gil_scoped_release no_gil;
+        return wsss::max_abs_cpu(view);
+      },
+      py::arg("values"),
+      "The largest |element| of a float32 / float64 CPU array (0 if empty), or inf if it holds a NaN or inf. Any "
+      "strides.");
+
+  m.def(
       "sinkhorn_num_chunks",
       [](py::handle n_samples, py::handle cuda) {
         return wsss::sinkhorn::num_chunks(int_arg(n_samples, "n_samples", 0), bool_arg(cuda, "cuda"));
@@ -773,6 +784,19 @@ PYBIND11_MODULE(_C, m) {
       "x and y [B, C, H, W] of the weights' dtype; halo = max |offset| (a shared-memory tile size on CUDA).");
 
   m.def(
+      "random_walk_weights",
+      [](py::handle affinity, py::handle offsets, py::handle weights, py::handle beta) {
+        const wsss::random_walk::WeightsArgs args{to_view(affinity, "affinity"), to_view(offsets, "offsets"),
+                                                  to_view(weights, "weights"), real_arg(beta, "beta")};
+        py::gil_scoped_release no_gil;
+        return static_cast<int>(wsss::random_walk::transition_weights(args));
+      },
+      py::arg("affinity"), py::arg("offsets"), py::arg("weights"), py::arg("beta"),
+      "The walk's transition weights from affinity [B, T, H, W] (CPU, float32 / float64) into weights of the same "
+      "shape: w = a^beta / sum over the in-map taps, 0 outside the map, 1 on the centre where the sum is 0. Returns "
+      "0, or 1 if the affinities hold a NaN or inf, 2 if a negative value (the weights are written regardless).");
+
+  m.def(
       "random_walk_weight_grad",
       [](py::handle grad_y, py::handle x, py::handle offsets, py::handle grad_weights, py::handle stream) {
         const wsss::random_walk::WeightGradArgs args{to_view(grad_y, "grad_y"), to_view(x, "x"),
@@ -806,23 +830,25 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "fickle_masked_tap",
       [](py::handle input, py::handle output, py::handle bits, py::handle kernel_size, py::handle keep_scale,
-         py::handle tap, py::handle transpose, py::handle stream) {
+         py::handle tap, py::handle transpose, py::handle stream, py::handle tap_count) {
         const wsss::fickle::TapArgs args{to_view(input, "input"),
                                          to_view(output, "output"),
                                          to_view(bits, "bits"),
                                          int32_arg(kernel_size, "kernel_size"),
                                          static_cast<float>(real_arg(keep_scale, "keep_scale")),
                                          int32_arg(tap, "tap"),
-                                         bool_arg(transpose, "transpose")};
+                                         bool_arg(transpose, "transpose"),
+                                         int32_arg(tap_count, "tap_count")};
         const uintptr_t s = stream_arg(stream);
         py::gil_scoped_release no_gil;
         wsss::fickle::masked_tap(args, s);
       },
       py::arg("input"), py::arg("output"), py::arg("bits"), py::arg("kernel_size"), py::arg("keep_scale"),
-      py::arg("tap"), py::arg("transpose") = false, py::arg("stream") = 0,
-      "FickleNet's kept units of one tap. Forward: output [R, C, H, W] = keep * x shifted by the tap, input x "
-      "[B, C, H, W], row r from image r % B. Transpose: output grad_x [B, C, H, W] += the adjoint applied to "
-      "input grad [R, C, H, W]. Kept off-centre units are multiplied by keep_scale.");
+      py::arg("tap"), py::arg("transpose") = false, py::arg("stream") = 0, py::arg("tap_count") = 1,
+      "FickleNet's kept units of taps tap .. tap + tap_count - 1. Forward: output [R, C n, H, W] (n = tap_count), "
+      "channel c n + k = keep * x shifted by tap (tap + k), input x [B, C, H, W], row r from image r % B. "
+      "Transpose: output grad_x [B, C, H, W] += the adjoint applied to input grad [R, C n, H, W]. Kept off-centre "
+      "units are multiplied by keep_scale.");
 
   m.def(
       "fickle_mask_counts",

@@ -176,7 +176,8 @@ def test_custom_ops_pass_opcheck():
     x, weight, bias = features(2, 3, 5, 4), features(2, 3, 3, 3, seed=1), features(1, 1, 1, 2, seed=2).flatten()
     bits = _mask_bits(x, 7, 3, 2**23, 4, 0)
     torch.library.opcheck(torch.ops.wsss_ext.fickle_mask_bits.default, (x, 7, 3, 2**23, 4, 0))
-    torch.library.opcheck(torch.ops.wsss_ext.fickle_masked_tap.default, (x.requires_grad_(), bits, 3, 1.0, 2))
+    torch.library.opcheck(torch.ops.wsss_ext.fickle_masked_tap.default, (x.requires_grad_(), bits, 3, 1.0, 2, 1))
+    torch.library.opcheck(torch.ops.wsss_ext.fickle_masked_tap.default, (x, bits, 3, 1.0, 0, 9))
     torch.library.opcheck(torch.ops.wsss_ext.fickle_conv2d.default,
                           (x, weight.requires_grad_(), bias.requires_grad_(), bits, 2.0))
 
@@ -284,6 +285,48 @@ def test_bad_expanded_dropout_and_gradcam_input():
         wsss_ext.fickle_gradcam(x, weight, None, torch.ones(2, 3), n_samples=0)
 
 
+@pytest.mark.parametrize("first, count", [(0, 9), (2, 4), (8, 1)])
+@pytest.mark.parametrize("samples", [1, 3])
+def test_several_taps_in_one_call_equal_one_call_per_tap(first, count, samples):
+    """The multi-tap kernel (channel c n + k = tap first + k) against one-tap
+    calls, forward and transpose (the transpose sums tap by tap in order)."""
+    x = features(2, 3, 6, 5, dtype=torch.float32)
+    bits = torch.empty(2 * samples, 3, 6, 5, dtype=torch.int32)
+    _C.fickle_mask_bits(bits, 11, 3, 2**23, 0)
+    together = torch.empty(2 * samples, 3 * count, 6, 5)
+    _C.fickle_masked_tap(x, together, bits, 3, 2.0, first, False, 0, count)
+    grad = torch.randn_like(together)
+    grad_x = torch.full_like(x, 0.5)
+    _C.fickle_masked_tap(grad, grad_x, bits, 3, 2.0, first, True, 0, count)
+    expected_grad_x = torch.full_like(x, 0.5)
+    for k in range(count):
+        one = torch.empty(2 * samples, 3, 6, 5)
+        _C.fickle_masked_tap(x, one, bits, 3, 2.0, first + k, False, 0)
+        torch.testing.assert_close(together[:, k::count], one, rtol=0, atol=0)
+        _C.fickle_masked_tap(grad[:, k::count].contiguous(), expected_grad_x, bits, 3, 2.0, first + k, True, 0)
+    torch.testing.assert_close(grad_x, expected_grad_x, rtol=0, atol=0)
+
+
+def test_tap_groups_under_a_small_budget_give_the_same_conv_and_gradients(monkeypatch):
+    """Large inputs take the taps a group at a time (the units of all k^2 taps
+    would not fit the budget): the same output and gradients as all at once."""
+    from wsss_ext.ops import fickle as fickle_module
+
+    x, weight, bias = features(2, 4, 7, 6), features(5, 4, 3, 3, seed=1), features(1, 1, 1, 5, seed=2).flatten()
+    inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    whole = wsss_ext.fickle_conv2d(*inputs, p=0.5, seed=3, n_samples=2)
+    whole_grads = torch.autograd.grad(whole.square().sum(), inputs)
+    one_tap = 2 * 2 * 4 * 7 * 6 * 8  # bytes of one tap's float64 units
+    for budget, groups in ((one_tap, 9), (4 * one_tap, 3)):
+        monkeypatch.setattr(fickle_module, "_UNITS_BUDGET_BYTES", budget)
+        bits = torch.zeros(4, 4, 7, 6, dtype=torch.int32)
+        assert len(fickle_module._tap_groups(3, bits, x)) == groups
+        grouped = wsss_ext.fickle_conv2d(*inputs, p=0.5, seed=3, n_samples=2)
+        torch.testing.assert_close(grouped, whole, rtol=1e-12, atol=1e-12)
+        for ours, expected in zip(torch.autograd.grad(grouped.square().sum(), inputs), whole_grads):
+            torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_compiled_checks_catch_bad_buffers():
     """The C++ safety net, reached through the raw bindings."""
     x = torch.rand(2, 3, 5, 5)
@@ -298,6 +341,12 @@ def test_compiled_checks_catch_bad_buffers():
         _C.fickle_masked_tap(x, torch.empty(3, 3, 5, 5), bits[:3], 3, 1.0, 0)
     with pytest.raises(ValueError, match="tap must be in"):
         _C.fickle_masked_tap(x, torch.empty(4, 3, 5, 5), bits, 3, 1.0, 9)
+    with pytest.raises(ValueError, match="tap_count must be in"):
+        _C.fickle_masked_tap(x, torch.empty(4, 3 * 3, 5, 5), bits, 3, 1.0, 7, False, 0, 3)  # taps 7, 8, 9
+    with pytest.raises(ValueError, match="tap_count must be in"):
+        _C.fickle_masked_tap(x, torch.empty(4, 3, 5, 5), bits, 3, 1.0, 0, False, 0, 0)
+    with pytest.raises(ValueError, match="out must have shape"):
+        _C.fickle_masked_tap(x, torch.empty(4, 3, 5, 5), bits, 3, 1.0, 0, False, 0, 2)
     with pytest.raises(ValueError, match="counts must have shape"):
         _C.fickle_mask_counts(bits, torch.empty(4, 3, 8), 3, 1.0)
 

@@ -95,6 +95,34 @@ def test_all_finite_of_large_integer_and_empty_arrays():
     assert lowlevel.all_finite(np.array([1.0, 2.0])) and not lowlevel.all_finite(np.array([np.inf]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided", "scalar"])
+def test_max_abs_equals_torch_and_is_inf_for_non_finite_values(dtype, bad, layout):
+    values = (torch.randn(5, 7, 3) * 3).to(dtype)
+    values[1, 2, 0] = -40.0  # the largest magnitude is negative
+    if bad is not None:
+        values[3, 4, 1] = bad
+    values = {"contiguous": values, "transposed": values.transpose(0, 2), "strided": values[:, 1::2],
+              "scalar": values[1, 2, 0]}[layout]
+    expected = float(values.abs().amax()) if bool(torch.isfinite(values).all()) else float("inf")
+    assert lowlevel.max_abs(values) == expected
+
+
+def test_max_abs_of_large_and_empty_arrays_and_other_dtypes():
+    big = torch.rand(3, 1 << 19)  # split across threads
+    big[1, 7] = -2.0
+    assert lowlevel.max_abs(big) == 2.0
+    big[2, -1] = float("nan")
+    assert lowlevel.max_abs(big) == float("inf")
+    assert lowlevel.max_abs(torch.empty(0, 3)) == 0.0
+    assert lowlevel.max_abs(np.array([1.0, -3.5])) == 3.5
+    with pytest.raises(ValueError, match="values must have dtype float32, float64"):
+        lowlevel.max_abs(torch.ones(3, dtype=torch.float16))
+    with pytest.raises(ValueError, match="values must have dtype float32, float64"):
+        lowlevel.max_abs(torch.arange(3))
+
+
 # --- The C++ safety net: checks that hold even when Python is bypassed -------
 
 

@@ -2,6 +2,8 @@
 use (wsss_ext.reference.propagate_labels_unfold) and a per-pixel oracle, on
 properties, gradients and bad input; wsss_ext.track_video end to end."""
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -288,8 +290,21 @@ def test_large_magnitudes_within_range_match_float64():
     torch.testing.assert_close(ours.double() / 1e30, expected / 1e30, rtol=1e-5, atol=1e-6)
 
 
-def test_magnitudes_past_the_dtype_are_refused():
+@pytest.mark.parametrize("host_maxima", [True, False])
+def test_magnitudes_past_the_dtype_are_refused(host_maxima, monkeypatch):
+    """Both ways of checking: max |.| read by one C++ pass (eager CPU), and the
+    torch ops that CUDA and traced calls use (async assertions there)."""
+    if not host_maxima:
+        monkeypatch.setattr(sys.modules["wsss_ext.ops.propagation"], "host_max_abs", lambda tensor: None)
     query, keys, values = frames(1, 2, 4, 3, 6, 7, dtype=torch.float32)
+    for spoiled in (with_nan(query), query.index_fill(3, torch.tensor([2]), float("inf"))):
+        with pytest.raises(ValueError, match="query contains NaN or inf"):
+            wsss_ext.propagate_labels(spoiled, keys, values, 2)
+    with pytest.raises(ValueError, match="values contains NaN or inf"):
+        wsss_ext.propagate_labels(query, keys, with_nan(values), 2, normalize=True)
+    with pytest.raises(ValueError, match="query and keys are too large"):  # float64 bounds
+        wsss_ext.propagate_labels(query, keys.double() * 1e307, values, 2)
+    assert wsss_ext.propagate_labels(query * 1e30, keys * 1e10, values, 2, normalize=True).isfinite().all()
     with pytest.raises(ValueError, match="query and keys are too large"):
         wsss_ext.propagate_labels(query * 1e30, keys * 1e10, values, 2)
     with pytest.raises(ValueError, match="values are too large"):

@@ -3,6 +3,7 @@ method (wsss_ext.reference.random_walk_dense: build A, T = A^beta column-
 normalised, T^n by squaring), on properties, gradients and bad input."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -253,6 +254,91 @@ def test_isolated_pixels_keep_their_value():
     x = random_scores(1, 2, 6, 6)
     torch.testing.assert_close(wsss_ext.random_walk(x, affinity, 8.0, 10), x, rtol=0, atol=0)
     torch.testing.assert_close(random_walk_dense(x, affinity, 8.0, 10), x, rtol=0, atol=0)
+
+
+# --- the one-pass C++ transition weights of plain eager CPU calls -------------------------------
+
+
+def _fused_weights(affinity, radius, beta):
+    from wsss_ext.ops.random_walk import _device_offsets, _fused_transition_weights
+
+    return _fused_transition_weights(affinity.contiguous(), _device_offsets(radius, affinity.device, torch.int32), beta)
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0, 2.5, 8.0, 10.0, 64.0, 65.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("radius, height, width", [(5, 9, 12), (5, 1, 3), (2, 7, 40), (3, 30, 2)])
+def test_fused_weights_equal_the_torch_weights(beta, dtype, radius, height, width):
+    """The C++ pass (integer betas by repeated squaring) against the differentiable
+    torch formula, with isolated pixels (every in-map affinity 0) and values of
+    taps outside the map that must be ignored."""
+    from wsss_ext.ops.random_walk import _offsets, _transition_weights
+
+    generator = torch.Generator().manual_seed(3)
+    taps = len(_offsets(radius))
+    affinity = torch.rand(2, taps, height, width, generator=generator, dtype=dtype) * 1.2
+    affinity[0, :, 0, 0] = 0  # isolated
+    affinity[1, :, -1, -1] = 0
+    ours = _fused_weights(affinity, radius, beta)
+    expected = _transition_weights(affinity, radius, beta)
+    # Repeated squaring rounds once per product: a few ulps at beta 64 (log2 64 = 6 squarings).
+    torch.testing.assert_close(ours, expected, rtol=1e-5 if dtype == torch.float32 else 1e-13, atol=1e-30)
+
+
+def test_plain_eager_cpu_walks_take_the_fused_weights_and_agree_with_the_torch_path(monkeypatch):
+    module = sys.modules["wsss_ext.ops.random_walk"]  # wsss_ext.ops.random_walk is the function
+    x, affinity = random_scores(2, 3, 10, 11, dtype=torch.float32), wsss_ext.feature_affinity(random_features(2, 10, 11))
+    affinity = affinity.float()
+    assert module._fused_weights_apply(affinity)
+    assert not module._fused_weights_apply(affinity.clone().requires_grad_())
+    calls = []
+    original = module._C.random_walk_weights
+    monkeypatch.setattr(module._C, "random_walk_weights", lambda *args: calls.append(1) or original(*args), raising=False)
+    fused = wsss_ext.random_walk(x, affinity, 8.0, 20)
+    assert calls, "a plain eager CPU call computes its weights in C++"
+    through_torch = wsss_ext.random_walk(x, affinity.clone().requires_grad_(), 8.0, 20)
+    assert len(calls) == 1, "an affinity that needs a gradient takes the torch weights"
+    torch.testing.assert_close(fused, through_torch.detach(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("spoil, match", [
+    (lambda a: a.index_put_((torch.tensor(0), torch.tensor(0), torch.tensor(0), torch.tensor(0)),
+                            torch.tensor(float("nan"))), "affinity contains NaN or inf"),   # tap 0 of pixel (0, 0): outside the map
+    (lambda a: a.index_put_((torch.tensor(0), torch.tensor(3), torch.tensor(4), torch.tensor(5)),
+                            torch.tensor(float("inf"))), "affinity contains NaN or inf"),
+    (lambda a: a.index_put_((torch.tensor(0), torch.tensor(0), torch.tensor(0), torch.tensor(0)),
+                            torch.tensor(-0.5)), "non-negative"),
+    (lambda a: a.index_put_((torch.tensor(0), torch.tensor(1), torch.tensor(1), torch.tensor(1)),
+                            torch.tensor(-0.5)).index_put_((torch.tensor(0), torch.tensor(2), torch.tensor(2),
+                                                            torch.tensor(2)), torch.tensor(float("nan"))), "NaN"),
+])
+@pytest.mark.parametrize("needs_grad", [False, True])
+def test_fused_and_torch_paths_refuse_the_same_affinities(spoil, match, needs_grad):
+    x, affinity = _inputs()
+    affinity = spoil(affinity)
+    with pytest.raises(ValueError, match=match):
+        wsss_ext.random_walk(x, affinity.requires_grad_(needs_grad))
+    with wsss_ext.check_finite("off"):  # no check: the walk runs (NaN or not)
+        assert wsss_ext.random_walk(x, affinity.detach(), 8.0, 2).shape == x.shape
+
+
+def test_fused_weights_kernel_refuses_bad_buffers():
+    from wsss_ext import _C
+
+    offsets = wsss_ext.neighbour_offsets(2).int()
+    affinity = torch.rand(1, 9, 4, 5)
+    with pytest.raises(ValueError, match="weights"):
+        _C.random_walk_weights(affinity, offsets, torch.empty(1, 9, 4, 4), 8.0)
+    with pytest.raises(ValueError, match="offsets"):
+        _C.random_walk_weights(affinity, offsets[:8], torch.empty_like(affinity), 8.0)
+    with pytest.raises(ValueError, match="weights"):
+        _C.random_walk_weights(affinity, offsets, affinity, 8.0)  # aliasing
+    with pytest.raises(ValueError, match="beta"):
+        _C.random_walk_weights(affinity, offsets, torch.empty_like(affinity), -1.0)
+    with pytest.raises(ValueError, match="centre tap"):
+        _C.random_walk_weights(affinity, offsets + 5, torch.empty_like(affinity), 8.0)
+    with pytest.raises(ValueError, match="affinity must have dtype float32, float64"):
+        _C.random_walk_weights(affinity.half(), offsets, torch.empty_like(affinity), 8.0)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -6,7 +6,9 @@ numpy arrays, cupy arrays or anything with ``__array_interface__`` /
 allocated, and returns nothing, or a size the caller needs to allocate the
 next buffers (``dense_crf_build_vertices``: the lattice's vertex count; see
 ``wsss_ext/ops/dense_crf.py`` for the lattice's buffers), or a flag
-(``all_finite``; ``sinkhorn_solve``: whether the scores were finite). Arguments are checked in C++ (dtype, shape,
+(``all_finite``; ``sinkhorn_solve``: whether the scores were finite), or a
+value the caller checks (``max_abs``: the largest magnitude, inf for a NaN or
+inf; ``random_walk_weights``: 0, or what was wrong with the affinities). Arguments are checked in C++ (dtype, shape,
 device, contiguity, writability) and errors are raised as ``ValueError`` /
 ``TypeError`` naming the argument; no allocation happens inside.
 
@@ -51,6 +53,7 @@ from wsss_ext._C import (
     fickle_mask_bits,
     fickle_mask_counts,
     fickle_masked_tap,
+    max_abs,
     pamr_affinity,
     pamr_propagate,
     philox4x32_10,
@@ -58,6 +61,7 @@ from wsss_ext._C import (
     propagation_forward,
     random_walk_step,
     random_walk_weight_grad,
+    random_walk_weights,
     sinkhorn_codes,
     sinkhorn_num_chunks,
     sinkhorn_solve,
@@ -78,6 +82,7 @@ __all__ = [
     "fickle_mask_bits",
     "fickle_mask_counts",
     "fickle_masked_tap",
+    "max_abs",
     "pamr_affinity",
     "pamr_propagate",
     "philox4x32_10",
@@ -85,6 +90,7 @@ __all__ = [
     "propagation_forward",
     "random_walk_step",
     "random_walk_weight_grad",
+    "random_walk_weights",
     "sinkhorn_codes",
     "sinkhorn_num_chunks",
     "sinkhorn_solve",

@@ -46,10 +46,12 @@ void mask_bits(const BitsArgs& args, uintptr_t stream) {
 void masked_tap(const TapArgs& args, uintptr_t stream) {
   check_kernel_size(args.kernel_size);
   check_keep_scale(args.keep_scale);
-  WSSS_CHECK(args.tap >= 0 && args.tap < args.kernel_size * args.kernel_size, "tap must be in [0, ",
-             args.kernel_size * args.kernel_size, "), got ", args.tap);
-  // x [B, C, H, W] and the per-row maps [R, C, H, W]: forward reads x and
-  // writes the maps; the transpose reads the maps' gradient and adds into x's.
+  const int taps = args.kernel_size * args.kernel_size;
+  WSSS_CHECK(args.tap >= 0 && args.tap < taps, "tap must be in [0, ", taps, "), got ", args.tap);
+  WSSS_CHECK(args.tap_count >= 1 && args.tap_count <= taps - args.tap, "tap_count must be in [1, ", taps - args.tap,
+             "] (taps ", args.tap, " .. ", taps - 1, "), got ", args.tap_count);
+  // x [B, C, H, W] and the per-row maps [R, C tap_count, H, W]: forward reads
+  // x and writes the maps; the transpose reads the maps' gradient and adds into x's.
   const ArrayView& x = args.transpose ? args.output : args.input;
   const ArrayView& rows = args.transpose ? args.input : args.output;
   const char* x_name = args.transpose ? "grad_x" : "x";
@@ -62,7 +64,7 @@ void masked_tap(const TapArgs& args, uintptr_t stream) {
   const int64_t batch = x.shape[0], row_count = rows.shape[0];
   WSSS_CHECK(batch > 0 ? row_count % batch == 0 : row_count == 0, rows_name, " must have a multiple of ", batch,
              " rows, got ", rows.describe());
-  check_buffer(rows, rows_name, x.dtype, {row_count, x.shape[1], x.shape[2], x.shape[3]}, x, x_name,
+  check_buffer(rows, rows_name, x.dtype, {row_count, x.shape[1] * args.tap_count, x.shape[2], x.shape[3]}, x, x_name,
                !args.transpose);
   check_bits(args.bits, x_name, x, row_count);
   check_disjoint({{args.output, args.transpose ? "grad_x" : "out"}},

@@ -9,10 +9,10 @@
 //   1. mask_bits draws every unit's keep decision once, as one bit per tap:
 //      bits [R, C, H, W] int32 (k <= 5), R = n_samples x B rows, sample s of
 //      image b being row s * B + b;
-//   2. masked_tap produces, for one tap, the masked, shifted input
+//   2. masked_tap produces, for one tap (or several), the masked, shifted input
 //          out[r, c, i, j] = keep(r, c, i, j, tap) * x[r % B, c, i + u - k/2, j + v - k/2]
 //      (or adds its transpose into x's gradient), and the classifier is a
-//      sum of k^2 1 x 1 convs of these.
+//      sum of k^2 1 x 1 convs of these (one matmul over all taps at once).
 //
 // Decisions are a pure function of (seed, row, channel, position = i W + j,
 // tap) through Philox4x32-10: taps 4q .. 4q + 3 take words 0 .. 3 of the draw
@@ -87,15 +87,19 @@ struct BitsArgs {
   int64_t first_row = 0;
 };
 
-// Forward: output [R, C, H, W] = the masked, shifted input x [B, C, H, W] of
-// one tap. Transpose: output grad_x [B, C, H, W] += its adjoint applied to
-// input grad [R, C, H, W].
+// Taps tap .. tap + tap_count - 1 at once. Forward: output [R, C n, H, W]
+// (n = tap_count), channel c n + k = the masked, shifted input x [B, C, H, W]
+// of tap (tap + k): with every tap, the classifier is one matmul of
+// [O, C k^2] weights (their own layout) with it, instead of k^2 small ones.
+// Transpose: output grad_x [B, C, H, W] += the adjoint applied to input grad
+// [R, C n, H, W], tap by tap in order (the sums of n one-tap calls).
 struct TapArgs {
   ArrayView input, output, bits;
   int kernel_size = 3;
   float keep_scale = 1.0f;
   int tap = 0;
   bool transpose = false;
+  int tap_count = 1;
 };
 
 // counts [R, C, k^2]: per row, channel and tap, the sum of the tap's

@@ -4,6 +4,7 @@
 // image's samples in a fixed order), so results do not depend on the thread
 // count.
 #include <algorithm>
+#include <vector>
 
 #include "common/parallel.h"
 #include "fickle/fickle.h"
@@ -28,57 +29,85 @@ WSSS_CPU_VECTORIZED void draw_row(const MaskParams& mask, uint32_t row, uint32_t
   for (int64_t j = 0; j < count; ++j) bits[j] = finish_keep_bits(mask, bits[j]);
 }
 
+// Where one tap reads: x[i + dy, j + dx] for output rows [i_lo, i_hi) and
+// columns [lo, hi); zero elsewhere.
+struct TapWindow {
+  int tap;
+  int64_t dy, dx, lo, hi, i_lo, i_hi;
+
+  TapWindow(int kernel_size, int tap_index, int64_t height, int64_t width) : tap(tap_index) {
+    tap_shift(kernel_size, tap, dy, dx);
+    valid_columns(dx, width, lo, hi);
+    i_lo = std::clamp<int64_t>(-dy, 0, height);
+    i_hi = std::max(i_lo, std::min(height, height - dy));
+  }
+};
+
+// target [H, W] = the kept units of one tap of one (row, channel) plane.
+template <class T>
+void masked_plane(const T* source, const uint32_t* unit_bits, const TapWindow& w, T kept, int64_t height,
+                  int64_t width, T* target) {
+  std::fill(target, target + w.i_lo * width, T(0));
+  for (int64_t i = w.i_lo; i < w.i_hi; ++i) {
+    const T* source_row = source + (i + w.dy) * width + w.dx;
+    T* target_row = target + i * width;
+    std::fill(target_row, target_row + w.lo, T(0));
+#pragma omp simd
+    for (int64_t j = w.lo; j < w.hi; ++j)
+      target_row[j] = (unit_bits[i * width + j] >> w.tap & 1u) ? kept * source_row[j] : T(0);
+    std::fill(target_row + w.hi, target_row + width, T(0));
+  }
+  std::fill(target + w.i_hi * width, target + height * width, T(0));
+}
+
+// Below this many units a parallel region costs more than it saves.
+constexpr int64_t kMinParallelUnits = 1 << 14;
+
 template <class T>
 void masked_tap_typed(const TapArgs& args) {
   const ArrayView& x = args.transpose ? args.output : args.input;
   const ArrayView& rows = args.transpose ? args.input : args.output;
   const int64_t batch = x.shape[0], channels = x.shape[1], height = x.shape[2], width = x.shape[3];
-  const int64_t samples = rows.shape[0] / batch, plane = height * width;
+  const int64_t samples = rows.shape[0] / batch, plane = height * width, count = args.tap_count;
   const uint32_t* bits = args.bits.as<const uint32_t>();
-  const int centre = args.kernel_size * args.kernel_size / 2, tap = args.tap;
-  const T kept = static_cast<T>(tap == centre ? 1.0f : args.keep_scale);
-  int64_t dy, dx, lo, hi;
-  tap_shift(args.kernel_size, tap, dy, dx);
-  valid_columns(dx, width, lo, hi);
-  const int64_t i_lo = std::clamp<int64_t>(-dy, 0, height), i_hi = std::max(i_lo, std::min(height, height - dy));
+  const int centre = args.kernel_size * args.kernel_size / 2;
+  std::vector<TapWindow> windows;
+  std::vector<T> kept;
+  for (int k = 0; k < count; ++k) {
+    windows.emplace_back(args.kernel_size, args.tap + k, height, width);
+    kept.push_back(static_cast<T>(args.tap + k == centre ? 1.0f : args.keep_scale));
+  }
+  const int threads = rows.numel() >= kMinParallelUnits ? wsss::cpu_threads() : 1;
   if (!args.transpose) {
     const T* in = x.as<const T>();
     T* out = rows.as<T>();
-#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(static)
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t rc = 0; rc < rows.shape[0] * channels; ++rc) {
       const int64_t r = rc / channels, c = rc % channels;
       const T* source = in + ((r % batch) * channels + c) * plane;
-      const uint32_t* unit_bits = bits + rc * plane;
-      T* target = out + rc * plane;
-      std::fill(target, target + i_lo * width, T(0));
-      for (int64_t i = i_lo; i < i_hi; ++i) {
-        const T* source_row = source + (i + dy) * width + dx;
-        T* target_row = target + i * width;
-        std::fill(target_row, target_row + lo, T(0));
-#pragma omp simd
-        for (int64_t j = lo; j < hi; ++j)
-          target_row[j] = (unit_bits[i * width + j] >> tap & 1u) ? kept * source_row[j] : T(0);
-        std::fill(target_row + hi, target_row + width, T(0));
-      }
-      std::fill(target + i_hi * width, target + plane, T(0));
+      for (int64_t k = 0; k < count; ++k)
+        masked_plane(source, bits + rc * plane, windows[k], kept[k], height, width, out + (rc * count + k) * plane);
     }
     return;
   }
-  // grad_x[b, c, (i, j) + shift] += sum_s keep(s B + b, c, i, j) * grad[s B + b, c, i, j].
+  // grad_x[b, c, (i, j) + shift] += sum_s keep(s B + b, c, i, j) * grad[s B + b, c, i, j], tap by tap.
   const T* grad = rows.as<const T>();
   T* grad_x = x.as<T>();
-#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(static)
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t bc = 0; bc < batch * channels; ++bc) {
     T* target = grad_x + bc * plane;
-    for (int64_t s = 0; s < samples; ++s) {
-      const int64_t rc = s * batch * channels + bc;
-      const T* source = grad + rc * plane;
-      const uint32_t* unit_bits = bits + rc * plane;
-      for (int64_t i = i_lo; i < i_hi; ++i) {
-        T* target_row = target + (i + dy) * width + dx;
+    for (int64_t k = 0; k < count; ++k) {
+      const TapWindow& w = windows[k];
+      for (int64_t s = 0; s < samples; ++s) {
+        const int64_t rc = s * batch * channels + bc;
+        const T* source = grad + (rc * count + k) * plane;
+        const uint32_t* unit_bits = bits + rc * plane;
+        for (int64_t i = w.i_lo; i < w.i_hi; ++i) {
+          T* target_row = target + (i + w.dy) * width + w.dx;
 #pragma omp simd
-        for (int64_t j = lo; j < hi; ++j)
-          target_row[j] += (unit_bits[i * width + j] >> tap & 1u) ? kept * source[i * width + j] : T(0);
+          for (int64_t j = w.lo; j < w.hi; ++j)
+            target_row[j] += (unit_bits[i * width + j] >> w.tap & 1u) ? kept[k] * source[i * width + j] : T(0);
+        }
       }
     }
   }
@@ -91,7 +120,8 @@ void mask_bits_cpu(const BitsArgs& args) {
   const int64_t plane = args.bits.shape[2] * args.bits.shape[3];
   uint32_t* bits = args.bits.as<uint32_t>();
   // Whole planes per task; Philox keeps each value independent of the split.
-#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(static)
+  const int threads = rows * channels * plane >= kMinParallelUnits ? wsss::cpu_threads() : 1;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t rc = 0; rc < rows * channels; ++rc)
     draw_row(args.mask, static_cast<uint32_t>(args.first_row + rc / channels), static_cast<uint32_t>(rc % channels),
              0, plane, bits + rc * plane);

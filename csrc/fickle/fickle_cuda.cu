@@ -18,41 +18,52 @@ __global__ void bits_kernel(uint32_t* bits, int64_t channels, int64_t plane, int
                                static_cast<uint32_t>(index % plane));
 }
 
+// One thread per output unit (row, channel, tap k of tap_count, position).
 template <class T>
 __global__ void forward_kernel(const T* x, const uint32_t* bits, T* out, int64_t rows, int64_t batch, int64_t channels,
-                               int64_t height, int64_t width, int kernel_size, float keep_scale, int tap) {
+                               int64_t height, int64_t width, int kernel_size, float keep_scale, int first_tap,
+                               int tap_count) {
   const int64_t plane = height * width;
   const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (index >= rows * channels * plane) return;
-  const int64_t position = index % plane, rc = index / plane, r = rc / channels, c = rc % channels;
+  if (index >= rows * channels * tap_count * plane) return;
+  const int64_t position = index % plane, rck = index / plane, rc = rck / tap_count;
+  const int64_t r = rc / channels, c = rc % channels;
+  const int tap = first_tap + static_cast<int>(rck % tap_count);
   int64_t dy, dx;
   tap_shift(kernel_size, tap, dy, dx);
   const int64_t sy = position / width + dy, sx = position % width + dx;
   T value = 0;
   if (sy >= 0 && sy < height && sx >= 0 && sx < width)
-    value = static_cast<T>(tap_scale(bits[index], tap, kernel_size * kernel_size / 2, keep_scale)) *
+    value = static_cast<T>(tap_scale(bits[rc * plane + position], tap, kernel_size * kernel_size / 2, keep_scale)) *
             x[((r % batch) * channels + c) * plane + sy * width + sx];
   out[index] = value;
 }
 
+// One thread per element of grad_x: each tap's sum over the samples, added tap by tap.
 template <class T>
 __global__ void transpose_kernel(const T* grad, const uint32_t* bits, T* grad_x, int64_t samples, int64_t batch,
                                  int64_t channels, int64_t height, int64_t width, int kernel_size, float keep_scale,
-                                 int tap) {
+                                 int first_tap, int tap_count) {
   const int64_t plane = height * width;
   const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (index >= batch * channels * plane) return;
   const int64_t position = index % plane, bc = index / plane;
-  int64_t dy, dx;
-  tap_shift(kernel_size, tap, dy, dx);
-  const int64_t i = position / width - dy, j = position % width - dx;  // the output unit reading this pixel
-  if (i < 0 || i >= height || j < 0 || j >= width) return;
-  T sum = 0;
-  for (int64_t s = 0; s < samples; ++s) {
-    const int64_t unit = (s * batch * channels + bc) * plane + i * width + j;
-    sum += static_cast<T>(tap_scale(bits[unit], tap, kernel_size * kernel_size / 2, keep_scale)) * grad[unit];
+  T value = grad_x[index];
+  for (int k = 0; k < tap_count; ++k) {
+    const int tap = first_tap + k;
+    int64_t dy, dx;
+    tap_shift(kernel_size, tap, dy, dx);
+    const int64_t i = position / width - dy, j = position % width - dx;  // the output unit reading this pixel
+    if (i < 0 || i >= height || j < 0 || j >= width) continue;
+    T sum = 0;
+    for (int64_t s = 0; s < samples; ++s) {
+      const int64_t rc = s * batch * channels + bc, unit = rc * plane + i * width + j;
+      sum += static_cast<T>(tap_scale(bits[unit], tap, kernel_size * kernel_size / 2, keep_scale)) *
+             grad[(rc * tap_count + k) * plane + i * width + j];
+    }
+    value += sum;
   }
-  grad_x[index] += sum;
+  grad_x[index] = value;
 }
 
 template <class T>
@@ -106,11 +117,11 @@ void masked_tap_cuda(const TapArgs& args, uintptr_t stream_handle) {
         if (args.transpose) {
           WSSS_LAUNCH((transpose_kernel<T>), ceil_div(x.numel(), kThreads), kThreads, 0, stream, rows.as<const T>(),
                       bits, x.as<T>(), rows.shape[0] / batch, batch, channels, height, width, args.kernel_size,
-                      args.keep_scale, args.tap);
+                      args.keep_scale, args.tap, args.tap_count);
         } else {
           WSSS_LAUNCH((forward_kernel<T>), ceil_div(rows.numel(), kThreads), kThreads, 0, stream, x.as<const T>(), bits,
                       rows.as<T>(), rows.shape[0], batch, channels, height, width, args.kernel_size, args.keep_scale,
-                      args.tap);
+                      args.tap, args.tap_count);
         }
         WSSS_CUDA_CHECK_LAUNCH();
       },

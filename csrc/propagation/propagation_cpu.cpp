@@ -9,11 +9,20 @@
 namespace wsss::propagation {
 namespace {
 
+// Below this many multiply-adds (pixels x candidates x (channels + labels))
+// starting a parallel region costs more than it saves.
+constexpr int64_t kMinParallelWork = 1 << 15;
+
+int threads_for(const Problem& pb) {
+  const int64_t work = pb.batch * pb.pixels() * pb.candidates() * (pb.channels + pb.labels);
+  return work >= kMinParallelWork ? wsss::cpu_threads() : 1;
+}
+
 template <class T>
 void forward_typed(const ForwardArgs& args) {
   const Problem& pb = args.problem;
   const int64_t pixels = pb.batch * pb.pixels();
-#pragma omp parallel num_threads(wsss::cpu_threads())
+#pragma omp parallel num_threads(threads_for(pb))
   {
     std::vector<T> acc(static_cast<size_t>(pb.labels) + 1), top_scores(kMaxTopk);
     std::vector<int32_t> top_indices(kMaxTopk);
@@ -38,11 +47,12 @@ void backward_typed(const BackwardArgs& args) {
   T* grad_query = args.grad_query.as<T>();
   T* grad_keys = args.grad_keys.as<T>();
   T* grad_values = args.grad_values.as<T>();
-#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(dynamic, 16)
+  const int threads = threads_for(pb);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 16)
   for (int64_t pixel = 0; pixel < pb.batch * pb.pixels(); ++pixel)
     pixel_query_grad(pb, query, keys, values, grad_out, stats, delta, topk_index, pixel,
                      grad_query + pixel * pb.channels);
-#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(dynamic, 16)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 16)
   for (int64_t frame_pixel = 0; frame_pixel < pb.batch * pb.refs * pb.pixels(); ++frame_pixel)
     frame_pixel_grad(pb, query, keys, values, grad_out, stats, delta, topk_index, frame_pixel,
                      grad_keys + frame_pixel * pb.channels, grad_values + frame_pixel * pb.labels);

@@ -1,6 +1,9 @@
 // Random walk entry points: the C++ safety net of argument checks (Python has
 // already given friendlier messages), then the backend for the device.
 #include "random_walk/random_walk.h"
+
+#include <cmath>
+
 #include "common/route.h"
 
 namespace wsss::random_walk {
@@ -43,6 +46,23 @@ void weight_grad(const WeightGradArgs& args, uintptr_t stream) {
   check_disjoint({{grad_weights, "grad_weights"}}, {{args.grad_y, "grad_y"}, {args.x, "x"}, {args.offsets, "offsets"}});
   if (grad_weights.numel() == 0) return;
   WSSS_ROUTE(grad_weights, "grad_weights", stream, weight_grad_cuda(args, stream), weight_grad_cpu(args));
+}
+
+AffinityStatus transition_weights(const WeightsArgs& args) {
+  const ArrayView& affinity = args.affinity;
+  check_ndim(affinity, 4, "affinity");
+  check_dtype(affinity, {DType::kFloat32, DType::kFloat64}, "affinity");
+  check_contiguous(affinity, "affinity");
+  WSSS_CHECK(!affinity.is_cuda(), "transition_weights runs on CPU arrays only (CUDA computes them with torch ops), "
+             "got affinity ", affinity.describe());
+  const int64_t taps = affinity.shape[1];
+  check_buffer(args.offsets, "offsets", DType::kInt32, {taps, 2}, affinity, "affinity", false);
+  check_buffer(args.weights, "weights", affinity.dtype, {affinity.shape[0], taps, affinity.shape[2], affinity.shape[3]},
+               affinity, "affinity", true);
+  check_disjoint({{args.weights, "weights"}}, {{affinity, "affinity"}, {args.offsets, "offsets"}});
+  WSSS_CHECK(std::isfinite(args.beta) && args.beta >= 0, "beta must be finite and >= 0, got ", args.beta);
+  if (affinity.numel() == 0) return AffinityStatus::kOk;
+  return transition_weights_cpu(args);
 }
 
 }  // namespace wsss::random_walk

@@ -45,11 +45,32 @@ struct WeightGradArgs {
   ArrayView grad_y, x, offsets, grad_weights;
 };
 
+// The transition weights of the walk from affinities a [B, T, H, W] (any
+// non-negative values, the taps outside the map ignored), with the public
+// op's input checks, in one pass over the affinities:
+//     w_pt = a_pt^beta / sum_t' a_pt'^beta   over the taps inside the map,
+//     w_pt = 0 for taps outside it, and a pixel whose in-map sum is 0 gets
+//     weight 1 on its centre tap (it keeps its value).
+// The CPU path of a plain eager call whose affinities need no gradient:
+// torch computes the same weights (differentiably) in about ten small ops,
+// which cost most of a small walk's call. No CUDA backend: on a GPU those
+// ops are asynchronous and the checks must not read a flag back.
+struct WeightsArgs {
+  ArrayView affinity, offsets, weights;
+  double beta = 8.0;
+};
+
+// What the pass found in the affinities: the first problem by priority (a
+// NaN or inf before a negative value); the weights are written regardless.
+enum class AffinityStatus : int { kOk = 0, kNonFinite = 1, kNegative = 2 };
+
 void step(const StepArgs& args, uintptr_t stream);
 void weight_grad(const WeightGradArgs& args, uintptr_t stream);
+AffinityStatus transition_weights(const WeightsArgs& args);
 
 void step_cpu(const StepArgs& args);
 void weight_grad_cpu(const WeightGradArgs& args);
+AffinityStatus transition_weights_cpu(const WeightsArgs& args);
 #if defined(WSSS_WITH_CUDA)
 void step_cuda(const StepArgs& args, uintptr_t stream);
 void weight_grad_cuda(const WeightGradArgs& args, uintptr_t stream);

@@ -4,6 +4,7 @@
 // gradient reads one shifted source row per tap and row, contiguous loops
 // that vectorise.
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <vector>
 
@@ -170,7 +171,97 @@ void weight_grad_typed(const WeightGradArgs& args) {
   }
 }
 
+// v^n for a small integer n by repeated squaring: the published betas (8
+// and 10) are integers, and this loop vectorises where std::pow does not.
+template <class T>
+inline T integer_power(T v, int n) {
+  T result = 1;
+  for (; n > 0; n >>= 1, v *= v)
+    if (n & 1) result *= v;
+  return result;
+}
+
+// Integer betas up to this take integer_power; others std::pow.
+constexpr double kMaxIntegerBeta = 64;
+
+// One map row of the weights: the taps' powers and their sum, then the
+// division (and the centre's 1 where the sum is 0). Returns the row's
+// findings as bits: 1 a NaN or inf, 2 a negative value (over every tap,
+// those outside the map included, as the torch checks read them).
+template <class T>
+WSSS_CPU_VECTORIZED int weights_row(const T* affinity, const int32_t* offsets, int64_t taps, int64_t centre,
+                                    int64_t height, int64_t width, int64_t row, T beta, int integer_beta, T* weights,
+                                    T* total) {
+  const int64_t plane = height * width;
+  int non_finite = 0, negative = 0;
+  std::fill(total, total + width, T(0));
+  for (int64_t t = 0; t < taps; ++t) {
+    const T* a = affinity + t * plane;
+    T* w = weights + t * plane;
+    const int64_t dx = offsets[2 * t + 1];
+    const bool row_inside = row + offsets[2 * t] >= 0 && row + offsets[2 * t] < height;
+    int64_t lo, hi;
+    valid_columns(dx, width, lo, hi);
+    if (!row_inside) lo = hi = 0;
+#pragma omp simd reduction(| : non_finite, negative)
+    for (int64_t col = 0; col < width; ++col) {
+      const T v = a[col];
+      non_finite |= static_cast<int>(!(v - v == T(0)));  // NaN - NaN and inf - inf are NaN
+      negative |= static_cast<int>(v < T(0));
+      const T powered = integer_beta >= 0 ? integer_power(v, integer_beta) : T(std::pow(v, beta));
+      w[col] = col >= lo && col < hi ? powered : T(0);
+      total[col] += w[col];
+    }
+  }
+  for (int64_t t = 0; t < taps; ++t) {
+    T* w = weights + t * plane;
+#pragma omp simd
+    for (int64_t col = 0; col < width; ++col) w[col] = total[col] == T(0) ? w[col] : w[col] / total[col];
+  }
+  T* w = weights + centre * plane;
+  for (int64_t col = 0; col < width; ++col) w[col] += total[col] == T(0) ? T(1) : T(0);
+  return non_finite | negative << 1;
+}
+
+template <class T>
+AffinityStatus transition_weights_typed(const WeightsArgs& args) {
+  const int64_t batch = args.affinity.shape[0], taps = args.affinity.shape[1];
+  const int64_t height = args.affinity.shape[2], width = args.affinity.shape[3], plane = height * width;
+  const int32_t* offsets = args.offsets.as<const int32_t>();
+  int64_t centre = -1;
+  for (int64_t t = 0; t < taps; ++t)
+    if (offsets[2 * t] == 0 && offsets[2 * t + 1] == 0) centre = t;
+  WSSS_CHECK(centre >= 0, "offsets must hold the centre tap (0, 0)");
+  const bool integer = args.beta <= kMaxIntegerBeta && args.beta == std::floor(args.beta);
+  const int integer_beta = integer ? static_cast<int>(args.beta) : -1;
+  const T* affinity = args.affinity.as<const T>();
+  T* weights = args.weights.as<T>();
+  const int threads = batch * taps * plane >= kMinParallelWork ? cpu_threads() : 1;
+  int found = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    std::vector<T> total(static_cast<size_t>(width));
+#pragma omp for schedule(static) reduction(| : found)
+    for (int64_t image_row = 0; image_row < batch * height; ++image_row) {
+      const int64_t b = image_row / height, row = image_row % height;
+      const int64_t offset = b * taps * plane + row * width;
+      found |= weights_row(affinity + offset, offsets, taps, centre, height, width, row, static_cast<T>(args.beta),
+                           integer_beta, weights + offset, total.data());
+    }
+  }
+  if (found & 1) return AffinityStatus::kNonFinite;
+  return found & 2 ? AffinityStatus::kNegative : AffinityStatus::kOk;
+}
+
 }  // namespace
+
+AffinityStatus transition_weights_cpu(const WeightsArgs& args) {
+  AffinityStatus status = AffinityStatus::kOk;
+  dispatch_floating(
+      args.affinity.dtype, "affinity",
+      [&](auto tag) { status = transition_weights_typed<compute_t<decltype(tag)>>(args); }, /*allow_half=*/false);
+  return status;
+}
 
 void step_cpu(const StepArgs& args) {
   dispatch_floating(

@@ -421,6 +421,18 @@ def _lowlevel_kernels(d: Draw):
         return sum(weights[:, t : t + 1] * padded[:, :, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
                    for t, (dy, dx) in enumerate(offsets))
 
+    affinity, beta = f32(b, 9, h, w), d.choice([0.0, 1.0, 2.5, 8.0])
+
+    def walk_weights_expected():
+        rows, cols = np.arange(h)[:, None], np.arange(w)[None, :]
+        inside = np.stack([(rows + dy >= 0) & (rows + dy < h) & (cols + dx >= 0) & (cols + dx < w)
+                           for dy, dx in offsets])  # [9, h, w]
+        powered = np.where(inside, affinity.astype(np.float64) ** beta, 0.0)
+        total = powered.sum(1, keepdims=True)
+        weights = powered / np.where(total == 0, 1.0, total)
+        weights[:, 4:5] += total == 0  # an isolated pixel keeps its value
+        return weights
+
     n, k = d.int(1, 30), d.int(1, 8)
     scores = f32(n, k)
     in1, in2 = f32(b, h, w, c), f32(b, h, w, c)
@@ -428,6 +440,9 @@ def _lowlevel_kernels(d: Draw):
         "random_walk_step": (lowlevel.random_walk_step,
                              dict(weights=weights, offsets=offsets, x=x, y=np.empty_like(x), transpose=False, halo=1),
                              lambda: ("y", walk_expected())),
+        "random_walk_weights": (lowlevel.random_walk_weights,
+                                dict(affinity=affinity, offsets=offsets, weights=np.empty_like(affinity), beta=beta),
+                                lambda: ("weights", walk_weights_expected())),
         "sinkhorn_codes": (lowlevel.sinkhorn_codes,
                            dict(scores=scores, f=np.zeros(k, np.float32), codes=np.empty_like(scores), inv_eps=2.0),
                            lambda: ("codes", torch.softmax(torch.from_numpy(scores) * 2.0, 1).numpy())),

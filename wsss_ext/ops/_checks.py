@@ -248,6 +248,20 @@ def require_finite(tensor: torch.Tensor, message: str) -> None:
     require_all(tensor, _all_finite, message)
 
 
+def host_max_abs(tensor: torch.Tensor) -> float | None:
+    """max |tensor| (0 if empty, inf if it holds a NaN or inf) read on the spot
+    by one C++ pass (``_C.max_abs``), for a plain float32 / float64 CPU tensor
+    in an eager call with the checks on; ``None`` where the values cannot be
+    read (a tracer's tensor, torch.compile, a functorch transform, a CUDA
+    tensor: no host sync) or the checks are off, and the caller falls back to
+    :func:`require_finite` / :func:`require_all`. One call is the finite check
+    and an op's magnitude bound together."""
+    if (type(tensor) is torch.Tensor and tensor.is_cpu and tensor.dtype in (torch.float32, torch.float64)
+            and _check_finite_mode != "off" and not torch.compiler.is_compiling() and _functorch_stack() is None):
+        return _C.max_abs(tensor.detach())
+    return None
+
+
 def refuse_under_compile(what: str, advice: str) -> None:
     """A clear error for a host-dependent option inside torch.compile / torch.export."""
     if torch.compiler.is_compiling():

@@ -7,9 +7,11 @@ every position is its own block, drops units of the expanded map (the window
 centres never), and applies its k x k classifier conv with stride k. Unit
 (c, i, j, u, v) of the expanded map is ``x[c, i + u - k//2, j + v - k//2]``
 (zero outside the map). Here the same masked conv is a sum over the k^2 taps
-of a 1 x 1 conv (a matmul) of the masked, shifted input, so the largest
-temporaries are one input-sized map and the keep decisions, one bit per tap
-(an int32 per unit). The decisions come from a counter-based generator
+of a 1 x 1 conv (a matmul) of the masked, shifted input, a group of taps at
+a time (one matmul over all k^2 taps when their units fit 32 MiB), so the
+largest temporaries are one group's units (32 MiB, or one tap's where that
+is more: one input-sized map per selection) and the keep decisions, one bit
+per tap (an int32 per unit). The decisions come from a counter-based generator
 (Philox4x32-10) keyed by (seed, row, channel, position, tap), so CPU and CUDA
 draw the same ones, the faithful expanded op uses the same ones, and
 ``n_samples`` stochastic selections share one input.
@@ -131,42 +133,62 @@ def _(bits, kernel_size, keep_scale, dtype):
     return bits.new_empty((bits.shape[0], bits.shape[1], kernel_size * kernel_size), dtype=dtype)
 
 
+# The units of several taps are built at once, up to this many bytes (at
+# least one tap's): small calls take one kernel call and one matmul instead
+# of k^2 of each, large ones keep the temporary near one input-sized map.
+_UNITS_BUDGET_BYTES = 32 * 2**20
+
+
+def _tap_groups(kernel_size: int, bits: Tensor, x: Tensor) -> list[tuple[int, int]]:
+    """(first tap, tap count) of each group of taps whose units fit the budget."""
+    taps = kernel_size * kernel_size
+    per_tap = bits.numel() * x.element_size()
+    size = max(1, min(taps, _UNITS_BUDGET_BYTES // max(per_tap, 1)))
+    return [(first, min(size, taps - first)) for first in range(0, taps, size)]
+
+
+def _tap_units(x: Tensor, bits: Tensor, kernel_size: int, keep_scale: float, first: int, count: int) -> Tensor:
+    """[R, C n, H, W]: the kept units of taps first .. first + n - 1 (channel c n + k: tap first + k)."""
+    units = x.new_empty((bits.shape[0], bits.shape[1] * count, *bits.shape[2:]))
+    _C.fickle_masked_tap(x, units, bits, kernel_size, keep_scale, first, False, cuda_stream(x), count)
+    return units
+
+
 @fast_custom_op("wsss_ext::fickle_masked_tap", differentiable=True)
-def _masked_tap(x: Tensor, bits: Tensor, kernel_size: int, keep_scale: float, tap: int) -> Tensor:
-    """[R, C, H, W]: the kept units of one tap (row r from image r % B)."""
-    out = x.new_empty(bits.shape)
-    _C.fickle_masked_tap(x, out, bits, kernel_size, keep_scale, tap, False, cuda_stream(x))
-    return out
+def _masked_tap(x: Tensor, bits: Tensor, kernel_size: int, keep_scale: float, first_tap: int, tap_count: int) -> Tensor:
+    """[R, C n, H, W]: the kept units of taps first_tap .. first_tap + n - 1, channel c n + k for tap
+    first_tap + k (row r from image r % B)."""
+    return _tap_units(x, bits, kernel_size, keep_scale, first_tap, tap_count)
 
 
 @_masked_tap.register_fake
-def _(x, bits, kernel_size, keep_scale, tap):
-    return x.new_empty(bits.shape)
+def _(x, bits, kernel_size, keep_scale, first_tap, tap_count):
+    return x.new_empty((bits.shape[0], bits.shape[1] * tap_count, *bits.shape[2:]))
 
 
 @fast_custom_op("wsss_ext::fickle_masked_tap_transpose")
-def _masked_tap_transpose(grad: Tensor, bits: Tensor, kernel_size: int, keep_scale: float, tap: int,
-                          batch: int) -> Tensor:
-    """The adjoint of _masked_tap: [batch, C, H, W] from grad [R, C, H, W]."""
-    grad_x = grad.new_zeros((batch, *grad.shape[1:]))
-    _C.fickle_masked_tap(grad, grad_x, bits, kernel_size, keep_scale, tap, True, cuda_stream(grad))
+def _masked_tap_transpose(grad: Tensor, bits: Tensor, kernel_size: int, keep_scale: float, first_tap: int,
+                          tap_count: int, batch: int) -> Tensor:
+    """The adjoint of _masked_tap: [batch, C, H, W] from grad [R, C n, H, W]."""
+    grad_x = grad.new_zeros((batch, *bits.shape[1:]))
+    _C.fickle_masked_tap(grad, grad_x, bits, kernel_size, keep_scale, first_tap, True, cuda_stream(grad), tap_count)
     return grad_x
 
 
 @_masked_tap_transpose.register_fake
-def _(grad, bits, kernel_size, keep_scale, tap, batch):
-    return grad.new_empty((batch, *grad.shape[1:]))
+def _(grad, bits, kernel_size, keep_scale, first_tap, tap_count, batch):
+    return grad.new_empty((batch, *bits.shape[1:]))
 
 
 def _masked_tap_setup(ctx, inputs, output):
-    x, bits, kernel_size, keep_scale, tap = inputs
+    x, bits, kernel_size, keep_scale, first_tap, tap_count = inputs
     ctx.save_for_backward(bits)
-    ctx.settings, ctx.batch = (kernel_size, keep_scale, tap), x.shape[0]
+    ctx.settings, ctx.batch = (kernel_size, keep_scale, first_tap, tap_count), x.shape[0]
 
 
 def _masked_tap_backward(ctx, grad):
     (bits,) = ctx.saved_tensors
-    return _masked_tap_transpose(grad.contiguous(), bits, *ctx.settings, ctx.batch), None, None, None, None
+    return _masked_tap_transpose(grad.contiguous(), bits, *ctx.settings, ctx.batch), None, None, None, None, None
 
 
 torch.library.register_autograd("wsss_ext::fickle_masked_tap", _masked_tap_backward, setup_context=_masked_tap_setup)
@@ -174,18 +196,18 @@ torch.library.register_autograd("wsss_ext::fickle_masked_tap", _masked_tap_backw
 
 @fast_custom_op("wsss_ext::fickle_conv2d", differentiable=True)
 def _fickle_conv(x: Tensor, weight: Tensor, bias: Tensor | None, bits: Tensor, keep_scale: float) -> Tensor:
-    """[R, O, H, W]: the sum over taps of weight[:, :, tap] @ (kept units of the tap)."""
-    batch, channels, height, width = x.shape
-    rows, kernel_size, stream = bits.shape[0], weight.shape[-1], cuda_stream(x)
+    """[R, O, H, W]: weight [O, C k^2] @ (kept units of every tap), a group of taps at a time."""
+    height, width = x.shape[2:]
+    classes, channels, kernel_size = weight.shape[0], weight.shape[1], weight.shape[-1]
     taps = weight.flatten(2)  # [O, C, k*k]
-    units = x.new_empty(bits.shape)  # one tap's units at a time, the largest temporary
-    out = x.new_zeros((rows, weight.shape[0], height * width))
-    for tap in range(kernel_size * kernel_size):
-        _C.fickle_masked_tap(x, units, bits, kernel_size, keep_scale, tap, False, stream)
-        out += torch.matmul(taps[:, :, tap].contiguous(), units.view(rows, channels, height * width))
+    out = None
+    for first, count in _tap_groups(kernel_size, bits, x):
+        units = _tap_units(x, bits, kernel_size, keep_scale, first, count).flatten(2)
+        part = torch.matmul(taps[:, :, first : first + count].reshape(classes, channels * count), units)
+        out = part if out is None else out.add_(part)
     if bias is not None:
         out += bias.view(1, -1, 1)
-    return out.view(rows, weight.shape[0], height, width)
+    return out.view(bits.shape[0], classes, height, width)
 
 
 @_fickle_conv.register_fake
@@ -196,19 +218,21 @@ def _(x, weight, bias, bits, keep_scale):
 @fast_custom_op("wsss_ext::fickle_conv2d_backward")
 def _fickle_conv_backward(grad: Tensor, x: Tensor, weight: Tensor, bits: Tensor,
                           keep_scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of x, weight and bias; each tap's units are recomputed from the bits, not stored."""
-    batch, channels, height, width = x.shape
-    rows, kernel_size, stream = bits.shape[0], weight.shape[-1], cuda_stream(x)
+    """Gradients of x, weight and bias; the units are recomputed from the bits, a group of taps at a time."""
+    height, width = x.shape[2:]
+    rows, classes, channels, kernel_size = bits.shape[0], weight.shape[0], weight.shape[1], weight.shape[-1]
     taps = weight.flatten(2)
-    grad_rows = grad.reshape(rows, weight.shape[0], height * width)
+    grad_rows = grad.reshape(rows, classes, height * width)
     grad_x = torch.zeros_like(x)
     grad_taps = torch.empty_like(taps)
-    units = x.new_empty(bits.shape)
-    for tap in range(kernel_size * kernel_size):
-        _C.fickle_masked_tap(x, units, bits, kernel_size, keep_scale, tap, False, stream)
-        grad_taps[:, :, tap] = torch.matmul(grad_rows, units.view(rows, channels, -1).transpose(1, 2)).sum(0)
-        grad_units = torch.matmul(taps[:, :, tap].T.contiguous(), grad_rows)
-        _C.fickle_masked_tap(grad_units.view(bits.shape), grad_x, bits, kernel_size, keep_scale, tap, True, stream)
+    for first, count in _tap_groups(kernel_size, bits, x):
+        units = _tap_units(x, bits, kernel_size, keep_scale, first, count).flatten(2)
+        grad_group = torch.matmul(grad_rows, units.transpose(1, 2)).sum(0)  # [O, C n]
+        grad_taps[:, :, first : first + count] = grad_group.view(classes, channels, count)
+        group = taps[:, :, first : first + count].reshape(classes, channels * count)
+        grad_units = torch.matmul(group.T, grad_rows)  # [R, C n, H W]
+        _C.fickle_masked_tap(grad_units.view(rows, channels * count, height, width), grad_x, bits, kernel_size,
+                             keep_scale, first, True, cuda_stream(x), count)
     return grad_x, grad_taps.view_as(weight), grad_rows.sum((0, 2))
 
 
@@ -284,10 +308,10 @@ def expanded_dropout(
     source = x.to(_compute_dtype(x)).contiguous()
     bits = _mask_bits(source, seed, kernel_size, _drop_threshold(p), batch, 0)
     scale = _keep_scale(p, rescale)
-    blocks = [_masked_tap(source, bits, kernel_size, scale, tap) for tap in range(kernel_size * kernel_size)]
-    # [k*k, B, C, H, W] -> [B, C, H, u, W, v] -> [B, C, H k, W k]
-    expanded = torch.stack(blocks).view(kernel_size, kernel_size, batch, channels, height, width)
-    expanded = expanded.permute(2, 3, 4, 0, 5, 1).reshape(batch, channels, height * kernel_size, width * kernel_size)
+    units = _masked_tap(source, bits, kernel_size, scale, 0, kernel_size * kernel_size)
+    # [B, C k*k, H, W] -> [B, C, u, v, H, W] -> [B, C, H, u, W, v] -> [B, C, H k, W k]
+    expanded = units.view(batch, channels, kernel_size, kernel_size, height, width)
+    expanded = expanded.permute(0, 1, 4, 2, 5, 3).reshape(batch, channels, height * kernel_size, width * kernel_size)
     return expanded.to(x.dtype)
 
 

@@ -18,6 +18,7 @@ recomputes scores, as flash attention does.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -33,6 +34,7 @@ from wsss_ext.ops._checks import (
     check_tensor,
     cuda_stream,
     fast_custom_op,
+    host_max_abs,
     require_all,
     require_finite,
     vmap_into_batch,
@@ -187,19 +189,26 @@ def propagate_labels(
         if topk > min(candidates, _MAX_TOPK):
             raise ValueError(f"topk must be at most the {candidates} candidates of the window (and at most "
                              f"{_MAX_TOPK}), got {topk}")
-    for name, tensor in (("query", query), ("keys", keys), ("values", values)):
-        require_finite(tensor, f"{name} contains NaN or inf")
     dtype = torch.float64 if torch.float64 in (query.dtype, keys.dtype, values.dtype) else torch.float32
+    query, keys, values = query.to(dtype), keys.to(dtype), values.to(dtype)  # widening: NaN and inf stay
+    # max |.| of each input read on the spot (eager CPU): the finite check and
+    # the overflow bound below in one pass; None elsewhere (torch checks).
+    maxima = [host_max_abs(tensor) for tensor in (query, keys, values)]
+    for name, tensor, maximum in zip(("query", "keys", "values"), (query, keys, values), maxima):
+        if maximum is None:
+            require_finite(tensor, f"{name} contains NaN or inf")
+        elif not math.isfinite(maximum):
+            raise ValueError(f"{name} contains NaN or inf")
     largest = torch.finfo(dtype).max
     if 1.0 / temperature > largest:
         raise ValueError(f"temperature must be >= {1.0 / largest:.3g} (1 / temperature must fit {dtype}), "
                          f"got {temperature}")
-    query, keys, values = query.to(dtype), keys.to(dtype), values.to(dtype)
     if normalize:
         query, keys = F.normalize(query, dim=1), F.normalize(keys, dim=2)
+        maxima[:2] = host_max_abs(query), host_max_abs(keys)
     if batch * height * width == 0:
         return values.new_zeros((batch, values.shape[2], height, width))
-    _require_in_range(query, keys, values, candidates, largest)
+    _require_in_range(query, keys, values, candidates, largest, maxima)
     out, _, _ = _propagate(query.contiguous(), keys.contiguous(), values.contiguous(), radius, 1.0 / temperature,
                            topk or 0, border)
     return out
@@ -213,24 +222,34 @@ def _check_border(border: object) -> str:
     return border
 
 
-def _require_in_range(query: Tensor, keys: Tensor, values: Tensor, candidates: int, largest: float) -> None:
+def _require_in_range(query: Tensor, keys: Tensor, values: Tensor, candidates: int, largest: float,
+                      maxima: list[float | None]) -> None:
     """Refuse magnitudes the kernel's dtype cannot hold, instead of returning a
     wrong answer: the softmax subtracts dot products (|q . k| <= C max|q| max|k|,
     twice that for a difference) and sums up to ``candidates`` weighted values.
-    Computed in float64 so that the bound itself cannot overflow; an async
-    assertion on CUDA, as require_finite."""
+    Computed in float64 so that the bound itself cannot overflow: from
+    ``maxima`` (max |query|, |keys|, |values| read on the host) where given,
+    else in torch ops, an async assertion on CUDA, as require_finite."""
     if query.numel() == 0 or keys.numel() == 0 or values.numel() == 0:
         return
     channels = query.shape[1]
+    dots_message = lambda: (f"query and keys are too large for {query.dtype}: their dot products (up to {channels} x "  # noqa: E731
+                            f"max|query| x max|keys|) could overflow; scale them down or pass float64")
+    values_message = lambda: (f"values are too large for {values.dtype}: max|values| x the {candidates} candidates "  # noqa: E731
+                              f"must stay below {largest:.3g}; scale them down or pass float64")
+    if None not in maxima:
+        query_max, keys_max, values_max = maxima
+        if not 2 * channels * query_max * keys_max <= largest:
+            raise ValueError(dots_message())
+        if not values_max * candidates <= largest:
+            raise ValueError(values_message())
+        return
 
     def dots_fit(q: Tensor, k: Tensor) -> Tensor:
         return 2 * channels * q.abs().amax().double() * k.abs().amax().double() <= largest
 
-    require_all((query, keys), dots_fit, lambda: f"query and keys are too large for {query.dtype}: their dot "
-                f"products (up to {channels} x max|query| x max|keys|) could overflow; scale them down or pass float64")
-    require_all(values, lambda v: v.abs().amax().double() * candidates <= largest,
-                lambda: f"values are too large for {values.dtype}: max|values| x the {candidates} candidates must "
-                f"stay below {largest:.3g}; scale them down or pass float64")
+    require_all((query, keys), dots_fit, dots_message)
+    require_all(values, lambda v: v.abs().amax().double() * candidates <= largest, values_message)
 
 
 def track_video(

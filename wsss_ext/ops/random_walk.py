@@ -33,6 +33,8 @@ from wsss_ext.ops._checks import (
     check_tensor,
     cuda_stream,
     fast_custom_op,
+    get_check_finite,
+    plain_eager,
     require_all,
     require_finite,
     runs_on_cuda,
@@ -344,6 +346,27 @@ def _transition_weights(affinity: Tensor, radius: int, beta: float) -> Tensor:
     return torch.cat([weights[:, :centre], weights[:, centre : centre + 1] + isolated, weights[:, centre + 1 :]], 1)
 
 
+_NEGATIVE_AFFINITY = "affinity must be non-negative"
+_NON_FINITE = 1  # _C.random_walk_weights' status (csrc/random_walk/random_walk.h AffinityStatus)
+
+
+def _fused_weights_apply(affinity: Tensor) -> bool:
+    """Whether the weights may come from ``_C.random_walk_weights``: a plain
+    eager CPU call (no tracer, mode or transform) whose affinities need no
+    gradient. It saves about ten small torch ops, most of a small walk's call."""
+    return plain_eager((affinity,), differentiable=True) and affinity.is_cpu and not runs_on_cuda(affinity)
+
+
+def _fused_transition_weights(affinity: Tensor, offsets: Tensor, beta: float) -> Tensor:
+    """:func:`_transition_weights` and the affinities' checks in one C++ pass
+    (contiguous float32 / float64 CPU affinities); raises as the checks do."""
+    weights = torch.empty_like(affinity)
+    status = _C.random_walk_weights(affinity, offsets, weights, beta)
+    if status and get_check_finite() != "off":
+        raise ValueError("affinity contains NaN or inf" if status == _NON_FINITE else _NEGATIVE_AFFINITY)
+    return weights
+
+
 def random_walk(x: Tensor, affinity: Tensor, beta: float = 8.0, n_steps: int = 256) -> Tensor:
     r"""Propagate ``x`` by a random walk on local affinities, as AffinityNet and
     IRNet turn CAMs into pseudo-masks.
@@ -383,7 +406,12 @@ def random_walk(x: Tensor, affinity: Tensor, beta: float = 8.0, n_steps: int = 2
         raise ValueError(f"beta must be >= 0, got {beta}")
     n_steps = check_iterations(n_steps, "n_steps")
     x = _check_map(x, "x", "B x C x H x W")
-    affinity = _check_map(affinity, "affinity", "B x T x H x W")
+    affinity = check_tensor(affinity, "affinity", ndim=4, layout="B x T x H x W", dtypes=_FLOAT_DTYPES)
+    # The weights in one C++ pass that also checks the affinities (below), or
+    # in torch ops, differentiable, with the checks here.
+    fused = n_steps > 0 and x.numel() > 0 and _fused_weights_apply(affinity)
+    if not fused:
+        require_finite(affinity, "affinity contains NaN or inf")
     if x.device != affinity.device:
         raise ValueError(f"x is on {x.device} but affinity is on {affinity.device}")
     if x.shape[0] != affinity.shape[0] or x.shape[2:] != affinity.shape[2:]:
@@ -396,12 +424,16 @@ def random_walk(x: Tensor, affinity: Tensor, beta: float = 8.0, n_steps: int = 2
             f"affinity has {affinity.shape[1]} taps, which is no neighbourhood's tap count "
             f"(radius 5: 69; see wsss_ext.neighbour_offsets)"
         )
-    require_all(affinity, lambda a: a >= 0, "affinity must be non-negative")
+    if not fused:
+        require_all(affinity, lambda a: a >= 0, _NEGATIVE_AFFINITY)
     dtype = torch.float64 if torch.float64 in (x.dtype, affinity.dtype) else torch.float32
     if x.numel() == 0 or n_steps == 0:
         return x.clone()
-    weights = _transition_weights(affinity.to(dtype), radius, beta).contiguous()
     offsets = _device_offsets(radius, x.device, torch.int32)
+    if fused:
+        weights = _fused_transition_weights(affinity.to(dtype).contiguous(), offsets, beta)
+    else:
+        weights = _transition_weights(affinity.to(dtype), radius, beta).contiguous()
     return _walk(weights, x.to(dtype).contiguous(), offsets, n_steps, radius - 1, False).to(x.dtype)
 
 
