@@ -1,6 +1,7 @@
 """sinkhorn_knopp against SwAV's recipe, a dense log-domain solver and POT;
 its properties, its stability where the plain recipe overflows, and bad input."""
 
+import math
 import os
 import subprocess
 import sys
@@ -288,6 +289,35 @@ def test_one_call_solve_refuses_non_finite_scores_unless_checks_are_off(n_iters)
         wsss_ext.sinkhorn_knopp(scores, n_iters=n_iters)
     with wsss_ext.check_finite("off"):
         assert wsss_ext.sinkhorn_knopp(scores, n_iters=n_iters).isnan().any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("starved_column", [False, True])
+def test_a_balancing_step_gives_the_column_log_sum_exps_of_its_new_potentials(dtype, starved_column):
+    """A step that balances the samples (update_g) takes the column statistics
+    from the row softmax on the CPU; where a column's softmax underflows in
+    every row (f_0 = -3000: exp(-3000) is 0 in any dtype) it redoes them with
+    each column's own maximum. Either way col_max + log col_sumexp must be
+    LSE_i(z_ik + g_i) of the g the step wrote."""
+    from wsss_ext import lowlevel
+
+    n, k, inv_eps = 300, 7, 20.0
+    scores = cosine_scores(n, k, seed=4, dtype=dtype)
+    f = torch.randn(k, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    if starved_column:
+        f[0] = -3000.0
+    g = torch.empty(n, dtype=dtype)
+    partials = torch.empty(2, lowlevel.sinkhorn_num_chunks(n, False), k, dtype=dtype)
+    col_max, col_sumexp = torch.empty(k, dtype=dtype), torch.empty(k, dtype=dtype)
+    lowlevel.sinkhorn_step(scores, f, g, partials, col_max, col_sumexp, inv_eps=inv_eps,
+                           log_n=math.log(n), update_g=True)
+    z = scores.double() * inv_eps
+    expected_g = -math.log(n) - torch.logsumexp(z + f.double(), 1)
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(g.double(), expected_g, **tol)
+    expected = torch.logsumexp(z + g.double()[:, None], 0)
+    assert bool(torch.isfinite(col_max + torch.log(col_sumexp)).all())
+    torch.testing.assert_close((col_max + torch.log(col_sumexp)).double(), expected, **tol)
 
 
 def test_one_call_solve_checks_its_arrays():

@@ -47,8 +47,10 @@ inline int64_t num_chunks(int64_t n_samples, bool cuda) {
 inline int64_t chunk_rows(int64_t n_samples, int64_t chunks) { return (n_samples + chunks - 1) / chunks; }
 
 // One half-iteration pair. If update_g, g is written: g_i from f. Then the
-// column statistics of z + g are reduced: col_max[k] and col_sumexp[k] =
-// sum_i exp(z_ik + g_i - col_max[k]). `partials` ([2, num_chunks, K]) is the
+// column statistics of z + g are reduced: a shift col_max[k] and col_sumexp[k]
+// = sum_i exp(z_ik + g_i - col_max[k]), so LSE_i(z_ik + g_i) = col_max[k] +
+// log col_sumexp[k]. The shift is the column's maximum, or (CPU, update_g)
+// -f_k - log N, the one that lets the row softmax give the sums. `partials` ([2, num_chunks, K]) is the
 // caller's workspace.
 struct StepArgs {
   ArrayView scores, f, g, partials, col_max, col_sumexp;

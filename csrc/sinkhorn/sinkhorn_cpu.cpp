@@ -1,7 +1,9 @@
 // Sinkhorn-Knopp on the CPU: OpenMP over fixed row chunks, each chunk
-// streaming its rows once per iteration in small blocks that stay in cache.
+// streaming its rows once per iteration (in small blocks that stay in cache,
+// or row by row where the row's softmax gives the column sums too).
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "common/parallel.h"
@@ -40,8 +42,52 @@ inline C row_logsumexp(const S* row, const C* f, int64_t k_count, C inv_eps) {
   return max + std::log(sum);
 }
 
+// Rows [r0, r1): balance their g and fold the column statistics of z + g
+// into (chunk_max, chunk_sum) from the same exponentials. With g_i from row
+// i's LSE, exp(z_ik + g_i) = exp(-f_k - log n) w_ik, w_ik = softmax_k(z_ik +
+// f_k) in [0, 1]: every chunk shares the shift -f_k - log n and sums w, one
+// exp per element where balancing the row and then the column statistics
+// take two. A column whose total w underflows is redone by step_rows below
+// (step_cpu checks). softmax is K scratch values.
+template <class C, class S>
+WSSS_CPU_VECTORIZED void balance_rows_with_column_sums(const S* scores, int64_t k_count, int64_t r0, int64_t r1,
+                                                       const C* f, C* g, C inv_eps, C log_n, C* chunk_max,
+                                                       C* chunk_sum, C* softmax) {
+#pragma omp simd
+  for (int64_t k = 0; k < k_count; ++k) {
+    chunk_max[k] = -f[k] - log_n;
+    chunk_sum[k] = 0;
+  }
+  for (int64_t i = r0; i < r1; ++i) {
+    const S* row = scores + i * k_count;
+    const C max = row_max(row, f, k_count, inv_eps);
+    C sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t k = 0; k < k_count; ++k) {
+      softmax[k] = exp_or_nan(logit<C>(row, k, inv_eps) + f[k] - max);
+      sum += softmax[k];
+    }
+    g[i] = sample_potential(max + std::log(sum), log_n);
+    const C inv_sum = C(1) / sum;
+#pragma omp simd
+    for (int64_t k = 0; k < k_count; ++k) chunk_sum[k] += softmax[k] * inv_sum;
+  }
+}
+
+// Whether every column's total softmax mass is far enough above the
+// smallest normal number that no underflowed term matters (each lost term is
+// below it; there are at most n of them): otherwise the stable statistics.
+template <class C>
+bool column_sums_are_exact(const C* col_sumexp, int64_t k_count, int64_t n) {
+  const C floor = std::numeric_limits<C>::min() * static_cast<C>(n) / std::numeric_limits<C>::epsilon();
+  for (int64_t k = 0; k < k_count; ++k)
+    if (col_sumexp[k] < floor) return false;  // NaN compares false: it propagates as it is
+  return true;
+}
+
 // Rows [r0, r1): optionally balance their g, then fold the column statistics
-// of z + g into (chunk_max, chunk_sum). block_max is K scratch values.
+// of z + g into (chunk_max, chunk_sum), each column shifted by its own
+// running maximum (any magnitude). block_max is K scratch values.
 template <class C, class S>
 WSSS_CPU_VECTORIZED void step_rows(const S* scores, int64_t k_count, int64_t r0, int64_t r1, const C* f, C* g,
                                    bool update_g, C inv_eps, C log_n, C* chunk_max, C* chunk_sum, C* block_max) {
@@ -121,17 +167,32 @@ void step_cpu(const StepArgs& args) {
     const C* f = args.f.as<const C>();
     C* g = args.g.as<C>();
     const C inv_eps = static_cast<C>(args.inv_eps), log_n = static_cast<C>(args.log_n);
+    const auto run = [&](bool fused, bool update_g) {
 #pragma omp parallel num_threads(wsss::cpu_threads()) if (n * k_count >= kMinParallelElements)
-    {
-      std::vector<C> block_max(static_cast<size_t>(k_count));
+      {
+        std::vector<C> scratch(static_cast<size_t>(k_count));
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t c = 0; c < chunks; ++c) {
-        const int64_t r0 = std::min(c * rows, n), r1 = std::min(r0 + rows, n);
-        step_rows(scores, k_count, r0, r1, f, g, args.update_g, inv_eps, log_n, partials + c * k_count,
-                  partials + (chunks + c) * k_count, block_max.data());
+        for (int64_t c = 0; c < chunks; ++c) {
+          const int64_t r0 = std::min(c * rows, n), r1 = std::min(r0 + rows, n);
+          C* chunk_max = partials + c * k_count;
+          C* chunk_sum = partials + (chunks + c) * k_count;
+          if (fused)
+            balance_rows_with_column_sums(scores, k_count, r0, r1, f, g, inv_eps, log_n, chunk_max, chunk_sum,
+                                          scratch.data());
+          else
+            step_rows(scores, k_count, r0, r1, f, g, update_g, inv_eps, log_n, chunk_max, chunk_sum, scratch.data());
+        }
       }
+      merge_chunks(partials, chunks, k_count, args.col_max.as<C>(), args.col_sumexp.as<C>());
+    };
+    if (!args.update_g) {
+      run(false, false);
+    } else {
+      run(true, true);
+      // A column with (almost) no mass under the new g: its statistics again,
+      // each column shifted by its own maximum (g is kept).
+      if (!column_sums_are_exact(args.col_sumexp.as<C>(), k_count, n)) run(false, false);
     }
-    merge_chunks(partials, chunks, k_count, args.col_max.as<C>(), args.col_sumexp.as<C>());
   });
 }
 
