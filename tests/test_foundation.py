@@ -123,6 +123,38 @@ def test_max_abs_of_large_and_empty_arrays_and_other_dtypes():
         lowlevel.max_abs(torch.arange(3))
 
 
+# --- torch's own threads inside an op follow the kernels' cap ------------------
+
+
+def test_torch_threads_are_capped_for_the_block_and_restored(monkeypatch):
+    from wsss_ext.ops import _checks
+
+    requested = torch.get_num_threads()
+    monkeypatch.setattr(_checks, "_cpu_threads", lambda: 1)  # as beside busy processes
+    with _checks.torch_threads_capped():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == requested
+    with pytest.raises(RuntimeError, match="inside"):
+        with _checks.torch_threads_capped():
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == requested
+    monkeypatch.setattr(_checks, "_cpu_threads", lambda: requested + 4)  # idle machine: never raised
+    with _checks.torch_threads_capped():
+        assert torch.get_num_threads() == requested
+
+
+def test_ficklenet_matmuls_run_on_the_capped_thread_count(monkeypatch):
+    from wsss_ext.ops import _checks
+
+    seen = []
+    matmul = torch.matmul
+    monkeypatch.setattr(_checks, "_cpu_threads", lambda: 1)
+    monkeypatch.setattr(torch, "matmul", lambda *args: seen.append(torch.get_num_threads()) or matmul(*args))
+    x, weight = torch.randn(1, 4, 5, 5, requires_grad=True), torch.randn(3, 4, 3, 3)
+    wsss_ext.fickle_conv2d(x, weight, seed=0).sum().backward()
+    assert seen and set(seen) == {1}
+
+
 # --- The C++ safety net: checks that hold even when Python is bypassed -------
 
 

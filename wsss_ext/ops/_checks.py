@@ -299,6 +299,30 @@ def follow_torch_threads() -> None:
         _set_cpu_threads(_get_num_threads())
 
 
+_cpu_threads = _C.cpu_threads
+_set_num_threads = torch.set_num_threads
+
+
+@contextlib.contextmanager
+def torch_threads_capped() -> Iterator[None]:
+    """torch's own CPU work inside an op (FickleNet's matmuls) on no more
+    threads than the kernels take: torch.get_num_threads() capped by the idle
+    CPUs (common/parallel.h). Beside a busy process, torch's spinning OpenMP
+    barriers wait for a descheduled thread as the kernels' did. torch's count
+    is process-wide, so it is lowered only for the block, and only in eager
+    calls (a compiled graph's torch ops keep it)."""
+    requested = _get_num_threads()
+    capped = requested if _is_compiling() else min(requested, _cpu_threads())
+    if capped >= requested:
+        yield
+        return
+    _set_num_threads(capped)
+    try:
+        yield
+    finally:
+        _set_num_threads(requested)
+
+
 def plain_eager(args: Sequence[object], differentiable: bool = False) -> bool:
     """Whether the op's implementation may run directly: plain tensors, no
     tracer, mode, functorch transform or profiler, and (for an op with a

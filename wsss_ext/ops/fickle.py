@@ -48,6 +48,7 @@ from wsss_ext.ops._checks import (
     fast_custom_op,
     refuse_under_compile,
     require_finite,
+    torch_threads_capped,
     vmap_unsupported,
 )
 
@@ -201,12 +202,13 @@ def _fickle_conv(x: Tensor, weight: Tensor, bias: Tensor | None, bits: Tensor, k
     classes, channels, kernel_size = weight.shape[0], weight.shape[1], weight.shape[-1]
     taps = weight.flatten(2)  # [O, C, k*k]
     out = None
-    for first, count in _tap_groups(kernel_size, bits, x):
-        units = _tap_units(x, bits, kernel_size, keep_scale, first, count).flatten(2)
-        part = torch.matmul(taps[:, :, first : first + count].reshape(classes, channels * count), units)
-        out = part if out is None else out.add_(part)
-    if bias is not None:
-        out += bias.view(1, -1, 1)
+    with torch_threads_capped():
+        for first, count in _tap_groups(kernel_size, bits, x):
+            units = _tap_units(x, bits, kernel_size, keep_scale, first, count).flatten(2)
+            part = torch.matmul(taps[:, :, first : first + count].reshape(classes, channels * count), units)
+            out = part if out is None else out.add_(part)
+        if bias is not None:
+            out += bias.view(1, -1, 1)
     return out.view(bits.shape[0], classes, height, width)
 
 
@@ -225,15 +227,17 @@ def _fickle_conv_backward(grad: Tensor, x: Tensor, weight: Tensor, bits: Tensor,
     grad_rows = grad.reshape(rows, classes, height * width)
     grad_x = torch.zeros_like(x)
     grad_taps = torch.empty_like(taps)
-    for first, count in _tap_groups(kernel_size, bits, x):
-        units = _tap_units(x, bits, kernel_size, keep_scale, first, count).flatten(2)
-        grad_group = torch.matmul(grad_rows, units.transpose(1, 2)).sum(0)  # [O, C n]
-        grad_taps[:, :, first : first + count] = grad_group.view(classes, channels, count)
-        group = taps[:, :, first : first + count].reshape(classes, channels * count)
-        grad_units = torch.matmul(group.T, grad_rows)  # [R, C n, H W]
-        _C.fickle_masked_tap(grad_units.view(rows, channels * count, height, width), grad_x, bits, kernel_size,
-                             keep_scale, first, True, cuda_stream(x), count)
-    return grad_x, grad_taps.view_as(weight), grad_rows.sum((0, 2))
+    with torch_threads_capped():
+        for first, count in _tap_groups(kernel_size, bits, x):
+            units = _tap_units(x, bits, kernel_size, keep_scale, first, count).flatten(2)
+            grad_group = torch.matmul(grad_rows, units.transpose(1, 2)).sum(0)  # [O, C n]
+            grad_taps[:, :, first : first + count] = grad_group.view(classes, channels, count)
+            group = taps[:, :, first : first + count].reshape(classes, channels * count)
+            grad_units = torch.matmul(group.T, grad_rows)  # [R, C n, H W]
+            _C.fickle_masked_tap(grad_units.view(rows, channels * count, height, width), grad_x, bits, kernel_size,
+                                 keep_scale, first, True, cuda_stream(x), count)
+        grad_bias = grad_rows.sum((0, 2))
+    return grad_x, grad_taps.view_as(weight), grad_bias
 
 
 @_fickle_conv_backward.register_fake
