@@ -42,6 +42,20 @@ inline C row_logsumexp(const S* row, const C* f, int64_t k_count, C inv_eps) {
   return max + std::log(sum);
 }
 
+// out[k] = exp(z_ik + f_k - max) of one row, max its largest z_ik + f_k;
+// returns their sum (the row's softmax before the division).
+template <class C, class S>
+inline C row_exp(const S* row, const C* f, int64_t k_count, C inv_eps, C* out, C& max) {
+  max = row_max(row, f, k_count, inv_eps);
+  C sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t k = 0; k < k_count; ++k) {
+    out[k] = exp_or_nan(logit<C>(row, k, inv_eps) + f[k] - max);
+    sum += out[k];
+  }
+  return sum;
+}
+
 // Rows [r0, r1): balance their g and fold the column statistics of z + g
 // into (chunk_max, chunk_sum) from the same exponentials. With g_i from row
 // i's LSE, exp(z_ik + g_i) = exp(-f_k - log n) w_ik, w_ik = softmax_k(z_ik +
@@ -59,14 +73,8 @@ WSSS_CPU_VECTORIZED void balance_rows_with_column_sums(const S* scores, int64_t 
     chunk_sum[k] = 0;
   }
   for (int64_t i = r0; i < r1; ++i) {
-    const S* row = scores + i * k_count;
-    const C max = row_max(row, f, k_count, inv_eps);
-    C sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t k = 0; k < k_count; ++k) {
-      softmax[k] = exp_or_nan(logit<C>(row, k, inv_eps) + f[k] - max);
-      sum += softmax[k];
-    }
+    C max;
+    const C sum = row_exp(scores + i * k_count, f, k_count, inv_eps, softmax, max);
     g[i] = sample_potential(max + std::log(sum), log_n);
     const C inv_sum = C(1) / sum;
 #pragma omp simd
@@ -141,13 +149,8 @@ void merge_chunks(const C* partials, int64_t chunks, int64_t k_count, C* col_max
 
 template <class C, class S>
 WSSS_CPU_VECTORIZED void codes_row(const S* row, const C* f, int64_t k_count, C inv_eps, C* out) {
-  const C max = row_max(row, f, k_count, inv_eps);
-  C sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t k = 0; k < k_count; ++k) {
-    out[k] = exp_or_nan(logit<C>(row, k, inv_eps) + f[k] - max);
-    sum += out[k];
-  }
+  C max;
+  const C sum = row_exp(row, f, k_count, inv_eps, out, max);
   const C inv_sum = C(1) / sum;
 #pragma omp simd
   for (int64_t k = 0; k < k_count; ++k) out[k] *= inv_sum;
