@@ -2,6 +2,8 @@
 which stacks every tap as 1-stage-wseg does), on properties, gradients and
 bad input."""
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -307,6 +309,22 @@ def test_bad_tensors(make, error, match):
     image, mask = make(*_inputs())
     with pytest.raises(error, match=match):
         wsss_ext.pamr(image, mask)
+
+
+@pytest.mark.parametrize("host_maxima", [True, False])
+def test_both_image_checks_refuse_the_same_images(host_maxima, monkeypatch):
+    """Eager CPU images are checked by one C++ pass (max |image|, inf on NaN);
+    CUDA and traced calls by torch ops: the same refusals."""
+    if not host_maxima:
+        monkeypatch.setattr(sys.modules["wsss_ext.ops.pamr"], "host_max_abs", lambda tensor: None)
+    image, mask = _inputs()
+    for spoiled, match in ((with_nan(image), "image contains NaN or inf"),
+                           (image.index_fill(2, torch.tensor([1]), -float("inf")), "image contains NaN or inf"),
+                           (image / image.abs().max() * 3e38, "image values must be within"),
+                           (image.double() / image.abs().max() * 1e308, "image values must be within")):
+        with pytest.raises(ValueError, match=match):
+            wsss_ext.pamr(spoiled, mask)
+    assert wsss_ext.pamr(image * 1e30, mask).isfinite().all()
 
 
 @pytest.mark.parametrize(
