@@ -172,10 +172,11 @@ void weight_grad_typed(const WeightGradArgs& args) {
 }
 
 // v^n for a small integer n by repeated squaring: the published betas (8
-// and 10) are integers, and this loop vectorises where std::pow does not.
-template <class T>
-inline T integer_power(T v, int n) {
-  T result = 1;
+// and 10) are integers, and this loop vectorises where std::pow does not. In
+// double, as the weights' sums: float32 walks of 256 steps repeat whatever
+// the weights get wrong, so these are rounded to the map's dtype once.
+inline double integer_power(double v, int n) {
+  double result = 1;
   for (; n > 0; n >>= 1, v *= v)
     if (n & 1) result *= v;
   return result;
@@ -190,11 +191,11 @@ constexpr double kMaxIntegerBeta = 64;
 // those outside the map included, as the torch checks read them).
 template <class T>
 WSSS_CPU_VECTORIZED int weights_row(const T* affinity, const int32_t* offsets, int64_t taps, int64_t centre,
-                                    int64_t height, int64_t width, int64_t row, T beta, int integer_beta, T* weights,
-                                    T* total) {
+                                    int64_t height, int64_t width, int64_t row, double beta, int integer_beta, T* weights,
+                                    double* total) {
   const int64_t plane = height * width;
   int non_finite = 0, negative = 0;
-  std::fill(total, total + width, T(0));
+  std::fill(total, total + width, 0.0);
   for (int64_t t = 0; t < taps; ++t) {
     const T* a = affinity + t * plane;
     T* w = weights + t * plane;
@@ -208,18 +209,20 @@ WSSS_CPU_VECTORIZED int weights_row(const T* affinity, const int32_t* offsets, i
       const T v = a[col];
       non_finite |= static_cast<int>(!(v - v == T(0)));  // NaN - NaN and inf - inf are NaN
       negative |= static_cast<int>(v < T(0));
-      const T powered = integer_beta >= 0 ? integer_power(v, integer_beta) : T(std::pow(v, beta));
-      w[col] = col >= lo && col < hi ? powered : T(0);
-      total[col] += w[col];
+      const double powered = integer_beta >= 0 ? integer_power(v, integer_beta) : std::pow(double(v), beta);
+      const bool inside = col >= lo && col < hi;
+      w[col] = inside ? static_cast<T>(powered) : T(0);
+      total[col] += inside ? powered : 0.0;
     }
   }
   for (int64_t t = 0; t < taps; ++t) {
     T* w = weights + t * plane;
 #pragma omp simd
-    for (int64_t col = 0; col < width; ++col) w[col] = total[col] == T(0) ? w[col] : w[col] / total[col];
+    for (int64_t col = 0; col < width; ++col)
+      w[col] = total[col] == 0.0 ? w[col] : static_cast<T>(static_cast<double>(w[col]) / total[col]);
   }
   T* w = weights + centre * plane;
-  for (int64_t col = 0; col < width; ++col) w[col] += total[col] == T(0) ? T(1) : T(0);
+  for (int64_t col = 0; col < width; ++col) w[col] += total[col] == 0.0 ? T(1) : T(0);
   return non_finite | negative << 1;
 }
 
@@ -240,12 +243,12 @@ AffinityStatus transition_weights_typed(const WeightsArgs& args) {
   int found = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    std::vector<T> total(static_cast<size_t>(width));
+    std::vector<double> total(static_cast<size_t>(width));
 #pragma omp for schedule(static) reduction(| : found)
     for (int64_t image_row = 0; image_row < batch * height; ++image_row) {
       const int64_t b = image_row / height, row = image_row % height;
       const int64_t offset = b * taps * plane + row * width;
-      found |= weights_row(affinity + offset, offsets, taps, centre, height, width, row, static_cast<T>(args.beta),
+      found |= weights_row(affinity + offset, offsets, taps, centre, height, width, row, args.beta,
                            integer_beta, weights + offset, total.data());
     }
   }
