@@ -48,13 +48,16 @@ _UNARY_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _MAX_ENTRIES = 2**31 - 1
 _MAX_PIXELS = _MAX_ENTRIES // 6  # d = 5: six corners per pixel
 _MAX_FEATURE = 2**24  # scaled feature values stay exact-ish in float32 and far from int32 overflow
-# Pixels per kernel call on the CPU, where batches run a few images at a time
-# (two 512 x 512 images: their buffers, not the batch's, bound the memory).
+# Pixels per kernel call of the batched lattice on the CPU (the path the
+# tests compare against), where batches run a few images at a time.
 _CPU_CHUNK_PIXELS = 1 << 19
-# Images up to this many pixels run image by image on the CPU, each thread
-# taking whole images (SEC/DSRG's 41 x 41 loss maps, small crops): one such
-# image's lattice is too small to share out across threads.
-_CPU_IMAGE_PIXELS = 1 << 14
+# Images up to this many pixels (all of them) run image by image on the CPU:
+# one kernel call for the batch, each thread taking whole images, or all
+# threads sharing each image when there are fewer images than threads. One
+# image's lattices (built sequentially, with a hash table that stays in
+# cache) and rows are the working set; the batched lattice, whose stages each
+# spread over the whole batch, is slower at every size.
+_CPU_IMAGE_PIXELS = _MAX_PIXELS
 
 
 def _lattice_is_identity(dims: int, sxy: float) -> bool:
@@ -165,8 +168,11 @@ def _dense_crf(
 def _mean_field_by_image(
     unary: Tensor, image: Tensor, n_iters: int, kernels: list[tuple[int, float, float, float]], identity_weight: float
 ) -> Tensor:
-    """The CPU's path for small images: one call, each thread running whole
-    images in its own row of the workspace (bit for bit the batched path's result)."""
+    """The CPU's path: one call, each thread running whole images in its own
+    row of the workspace, or all threads each image in row 0 when the batch
+    is smaller than the thread count (bit for bit the batched path's result
+    either way). Rows are sized for every corner being its own vertex; only
+    the pages an image needs are touched, so only those take memory."""
     batch, n_labels, height, width = unary.shape
     out = torch.empty(unary.shape, dtype=torch.float32)
     workers = max(1, min(batch, _C.cpu_threads()))
