@@ -54,29 +54,39 @@ int32_t insert_entry(int32_t* slots, uint64_t mask, const int32_t* simplex, int6
   }
 }
 
+// The simplex and barycentric weights of pixels [p0, p1) of the lattice's
+// images (stored one after the other): the part of a build that is
+// independent pixel by pixel. Both CPU paths embed through it, so that they
+// run the same instructions (the compiler may fuse multiplies and adds
+// differently in another copy).
 template <int D>
-int64_t build_vertices_impl(Lattice& lat, const uint8_t* image, double sxy, double srgb) {
+WSSS_CPU_VECTORIZED void embed_range(const Lattice& lat, const uint8_t* images, double sxy, double srgb, int64_t p0,
+                                     int64_t p1) {
   const Embedding<D> embedding = make_embedding<D>(sxy, srgb);
   const int64_t pixels = lat.pixels();
-  const int64_t total_pixels = lat.images * pixels;
-  const int64_t entries = lat.entries();
-  const int64_t per_image = pixels * (D + 1);
   int32_t* simplex = lat.simplex.as<int32_t>();
   float* weights = lat.weights.as<float>();
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t b = p / pixels;
+    float feature[D];
+    pixel_features<D>(images + b * 3 * pixels, pixels, p - b * pixels, lat.width, embedding, feature);
+    embed_point<D>(feature, embedding, simplex + p * D, weights + p * (D + 1));
+  }
+}
+
+template <int D>
+int64_t build_vertices_impl(Lattice& lat, const uint8_t* image, double sxy, double srgb) {
+  const int64_t total_pixels = lat.images * lat.pixels();
+  const int64_t entries = lat.entries();
+  const int64_t per_image = lat.pixels() * (D + 1);
+  int32_t* simplex = lat.simplex.as<int32_t>();
   int32_t* slots = lat.slots.as<int32_t>();
   int32_t* entry_rep = lat.entry_rep.as<int32_t>();
   int32_t* entry_vertex = lat.entry_vertex.as<int32_t>();
   int32_t* vertex_entry = lat.vertex_entry.as<int32_t>();
   const uint64_t mask = static_cast<uint64_t>(lat.slots.shape[0]) - 1;
 
-  parallel_blocks(total_pixels, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t b = p / pixels;
-      float feature[D];
-      pixel_features<D>(image + b * 3 * pixels, pixels, p - b * pixels, lat.width, embedding, feature);
-      embed_point<D>(feature, embedding, simplex + p * D, weights + p * (D + 1));
-    }
-  });
+  parallel_blocks(total_pixels, [&](int64_t p0, int64_t p1) { embed_range<D>(lat, image, sxy, srgb, p0, p1); });
   std::fill(slots, slots + lat.slots.shape[0], -1);
   parallel_blocks(entries, [&](int64_t e0, int64_t e1) {
     for (int64_t e = e0; e < e1; ++e)
@@ -386,16 +396,27 @@ void rehash(int32_t* slots, uint32_t capacity, const int32_t* keys, int32_t vert
   }
 }
 
-// keys: int32 workspace of E * D (every entry could be its own vertex);
-// the lattice's slots hold up to slot_capacity(E) entries, of which the
-// build uses as many as the vertices need.
+// corner_key() of corners 0..d of one packed simplex, unpacking it once.
 template <int D>
-int64_t build_image_lattice(Lattice& lat, const uint8_t* image, double sxy, double srgb, int32_t* keys,
-                            float* values_a, float* values_b) {
-  const Embedding<D> embedding = make_embedding<D>(sxy, srgb);
+inline void simplex_corner_keys(const int32_t* simplex, int32_t (*keys)[D]) {
+  int32_t rank[D], rem0[D];
+  for (int i = 0; i < D; ++i) {
+    rank[i] = ((simplex[i] % (D + 1)) + (D + 1)) % (D + 1);
+    rem0[i] = simplex[i] - rank[i];
+  }
+  for (int r = 0; r <= D; ++r)
+    for (int i = 0; i < D; ++i) keys[r][i] = rem0[i] + (rank[i] <= D - r ? r : r - (D + 1));
+}
+
+// The rest of the build, after embed_range() over every pixel: vertices,
+// blur neighbours, splat lists and normalisation. keys: int32 workspace of
+// E * D (every entry could be its own vertex); the lattice's slots hold up
+// to slot_capacity(E) entries, of which the build uses as many as the
+// vertices need.
+template <int D>
+int64_t build_image_lattice(Lattice& lat, int32_t* keys, float* values_a, float* values_b) {
   const int64_t pixels = lat.pixels();
   int32_t* simplex = lat.simplex.as<int32_t>();
-  float* weights = lat.weights.as<float>();
   int32_t* slots = lat.slots.as<int32_t>();
   int32_t* entry_vertex = lat.entry_vertex.as<int32_t>();
   int32_t* counts = lat.splat_start.as<int32_t>();  // counts[v + 1]: entries of vertex v
@@ -405,14 +426,10 @@ int64_t build_image_lattice(Lattice& lat, const uint8_t* image, double sxy, doub
 
   int32_t vertices = 0;
   for (int64_t p = 0; p < pixels; ++p) {
-    float feature[D];
-    pixel_features<D>(image, pixels, p, lat.width, embedding, feature);
-    embed_point<D>(feature, embedding, simplex + p * D, weights + p * (D + 1));
-  }
-  for (int64_t p = 0; p < pixels; ++p) {
+    int32_t corner_keys[D + 1][D];
+    simplex_corner_keys<D>(simplex + p * D, corner_keys);
     for (int r = 0; r <= D; ++r) {
-      int32_t key[D];
-      corner_key<D>(simplex + p * D, r, key);
+      const int32_t* key = corner_keys[r];
       const uint32_t mask = capacity - 1;
       uint32_t h = image_key_hash<D>(key) & mask;
       int32_t v;
@@ -454,36 +471,43 @@ int64_t build_image_lattice(Lattice& lat, const uint8_t* image, double sxy, doub
 
 // ---------------------------------------------------------------------------
 // Softmax. Both CPU paths take q = softmax(x) of a row x = -unary + pairwise
-// through softmax_row(), so that they give the same bits; x's padding lanes
+// through softmax_block(), so that they give the same bits; x's padding lanes
 // are -inf (their q: exp(-inf) = 0).
 // ---------------------------------------------------------------------------
 
 #if WSSS_CRF_REGISTER_ROWS
 typedef int32_t LaneInts __attribute__((vector_size(kLanes * sizeof(int32_t))));
+// 16 floats: the exps of softmax_block, over a block of rows as one array.
+typedef float WideLanes __attribute__((vector_size(2 * kLanes * sizeof(float))));
+typedef int32_t WideLaneInts __attribute__((vector_size(2 * kLanes * sizeof(int32_t))));
 
-WSSS_CRF_INLINE Lanes splat_lanes(float value) { return Lanes{} + value; }
+template <class V>
+WSSS_CRF_INLINE V splat_lanes(float value) {
+  return V{} + value;
+}
+WSSS_CRF_INLINE Lanes splat_lanes(float value) { return splat_lanes<Lanes>(value); }
 
-// exp_polynomial() (common/math.h) on 8 lanes, the same operations lane by
-// lane: GCC left the scalar function's loops over a row with scalar tails.
-WSSS_CRF_INLINE Lanes exp_lanes(Lanes x) {
-  Lanes xc = x > splat_lanes(-87.5f) ? x : splat_lanes(-87.5f);
-  xc = xc < splat_lanes(88.5f) ? xc : splat_lanes(88.5f);
-  const Lanes n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  Lanes r = xc - n * 0.693359375f;
+// exp_polynomial() (common/math.h) lane by lane for x <= 0 (softmax's x -
+// max), the same operations and results; where x <= 0 its upper clamp and
+// overflow test never fire and are left out. GCC left the scalar function's
+// loops over a row with scalar tails. V: Lanes or WideLanes, VI its ints.
+template <class V, class VI>
+WSSS_CRF_INLINE V exp_nonpositive(V x) {
+  const V xc = x > splat_lanes<V>(-87.5f) ? x : splat_lanes<V>(-87.5f);
+  const V n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  V r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
-  Lanes p = splat_lanes(1.9875691500e-4f);
+  V p = splat_lanes<V>(1.9875691500e-4f);
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const LaneInts scale_bits = (__builtin_convertvector(n, LaneInts) + 127) << 23;
-  Lanes scale;
+  const VI scale_bits = (__builtin_convertvector(n, VI) + 127) << 23;
+  V scale;
   __builtin_memcpy(&scale, &scale_bits, sizeof scale);
-  const Lanes y = p * scale;
-  const Lanes overflowed = x > splat_lanes(88.72283f) ? splat_lanes(INFINITY) : y;
-  return x < splat_lanes(-87.33654f) ? Lanes{} : overflowed;
+  return x < splat_lanes<V>(-87.33654f) ? V{} : p * scale;
 }
 
 // Every lane of the result holds the max (sum) of v's 8 lanes, combined in a
@@ -504,37 +528,64 @@ WSSS_CRF_INLINE Lanes sum_across(Lanes v) {
 }
 #endif
 
-// q[0, width) = softmax of x[0, width), width a multiple of 8: the max and
-// the sum run 8 lanes at a time over the row, then across the 8 lanes in a
-// fixed order (any thread count gives the same sums).
-WSSS_CRF_INLINE void softmax_row(const float* x, float* q, int64_t width) {
+// q rows = softmax of x rows, `rows` rows of `width` floats (a multiple of 8)
+// each, contiguous; x is clobbered. Three passes over the block: each row's
+// max (8 lanes at a time, then across the lanes) taken off the row; the
+// exps, 16 lanes at a time over the block as one array (no per-row tails,
+// no chain from a row's max to its exps); each row's sum (8 lanes at a time
+// in order, then across the lanes in a fixed order) and the division. A
+// function of its own (not inlined), so that both CPU paths run the same
+// instructions: inlined, the compiler may fuse multiplies and adds
+// differently in each caller.
+WSSS_CPU_VECTORIZED __attribute__((noinline)) void softmax_block(float* x, int64_t rows, int64_t width, float* q) {
 #if WSSS_CRF_REGISTER_ROWS
-  Lanes max8 = load_lanes(x);
-  for (int64_t l = kLanes; l < width; l += kLanes) {
-    const Lanes v = load_lanes(x + l);
-    max8 = max8 > v ? max8 : v;
-  }
-  max8 = max_across(max8);
-  Lanes sum8 = {};
-  for (int64_t l = 0; l < width; l += kLanes) {
-    const Lanes e = exp_lanes(load_lanes(x + l) - max8);
-    store_lanes(q + l, e);
-    sum8 += e;
-  }
-  const Lanes inv_sum = splat_lanes(1.f) / sum_across(sum8);
-  for (int64_t l = 0; l < width; l += kLanes) store_lanes(q + l, load_lanes(q + l) * inv_sum);
-#else
-  float max = x[0];
-  for (int64_t l = 1; l < width; ++l) max = x[l] > max ? x[l] : max;
-  float sum8[kLanes] = {};
-  for (int64_t l = 0; l < width; l += kLanes)
-    for (int64_t k = 0; k < kLanes; ++k) {
-      q[l + k] = exp_polynomial(x[l + k] - max);
-      sum8[k] += q[l + k];
+  for (int64_t p = 0; p < rows; ++p) {
+    float* row = x + p * width;
+    Lanes max8 = load_lanes(row);
+    for (int64_t l = kLanes; l < width; l += kLanes) {
+      const Lanes v = load_lanes(row + l);
+      max8 = max8 > v ? max8 : v;
     }
-  const float sum = ((sum8[0] + sum8[4]) + (sum8[2] + sum8[6])) + ((sum8[1] + sum8[5]) + (sum8[3] + sum8[7]));
-  const float inv_sum = 1.f / sum;
-  for (int64_t l = 0; l < width; ++l) q[l] *= inv_sum;
+    max8 = max_across(max8);
+    for (int64_t l = 0; l < width; l += kLanes) store_lanes(row + l, load_lanes(row + l) - max8);
+  }
+  const int64_t n = rows * width;
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    WideLanes v;
+    __builtin_memcpy(&v, x + i, sizeof v);
+    v = exp_nonpositive<WideLanes, WideLaneInts>(v);
+    __builtin_memcpy(x + i, &v, sizeof v);
+  }
+  if (i < n) {  // 8 lanes left: through the same 16-lane code (an 8-lane one may round differently)
+    WideLanes v = {};
+    __builtin_memcpy(&v, x + i, kLanes * sizeof(float));
+    v = exp_nonpositive<WideLanes, WideLaneInts>(v);
+    __builtin_memcpy(x + i, &v, kLanes * sizeof(float));
+  }
+  for (int64_t p = 0; p < rows; ++p) {
+    const float* row = x + p * width;
+    Lanes sum8 = {};
+    for (int64_t l = 0; l < width; l += kLanes) sum8 += load_lanes(row + l);
+    const Lanes inv_sum = splat_lanes(1.f) / sum_across(sum8);
+    for (int64_t l = 0; l < width; l += kLanes) store_lanes(q + p * width + l, load_lanes(row + l) * inv_sum);
+  }
+#else
+  for (int64_t p = 0; p < rows; ++p) {
+    const float* row = x + p * width;
+    float* qp = q + p * width;
+    float max = row[0];
+    for (int64_t l = 1; l < width; ++l) max = row[l] > max ? row[l] : max;
+    float sum8[kLanes] = {};
+    for (int64_t l = 0; l < width; l += kLanes)
+      for (int64_t k = 0; k < kLanes; ++k) {
+        qp[l + k] = exp_polynomial(row[l + k] - max);
+        sum8[k] += qp[l + k];
+      }
+    const float sum = ((sum8[0] + sum8[4]) + (sum8[2] + sum8[6])) + ((sum8[1] + sum8[5]) + (sum8[3] + sum8[7]));
+    const float inv_sum = 1.f / sum;
+    for (int64_t l = 0; l < width; ++l) qp[l] *= inv_sum;
+  }
 #endif
 }
 
@@ -696,12 +747,13 @@ WSSS_CRF_INLINE void update_rows(const ImageWorkspace& ws, int n_kernels, const 
     if (n_kernels == 0) {
       for (int64_t l = 0; l < width; ++l) xp[l] = ep[l] + identity * qp[l];
     } else if (identity != 0.f) {
-      for (int64_t l = 0; l < width; ++l) xp[l] = ep[l] + (xp[l] + identity * qp[l]);
+      // A fused multiply-add, as torch's add_(q, alpha=identity) on the batched path.
+      for (int64_t l = 0; l < width; ++l) xp[l] = ep[l] + std::fma(identity, qp[l], xp[l]);
     } else {
       for (int64_t l = 0; l < width; ++l) xp[l] = ep[l] + xp[l];
     }
-    softmax_row(xp, qp, width);
   }
+  softmax_block(x, p1 - p0, width, ws.q + p0 * width);
 }
 
 // Rows of update_range's scratch: slices and softmax meet in L1.
@@ -720,40 +772,50 @@ WSSS_CPU_VECTORIZED void update_range(const ImageWorkspace& ws, int n_kernels, c
 }
 
 // q = softmax(-unary) for pixels [p0, p1) of one image, keeping the energies
-// as rows.
+// as rows; x: kUpdateRows rows of scratch.
 template <class U>
 WSSS_CPU_VECTORIZED void start_range(const U* unary, int64_t n_labels, int64_t pixels, int64_t p0, int64_t p1,
-                                     float* energy, float* q, int64_t width) {
+                                     float* energy, float* q, int64_t width, float* x) {
   energy_rows<U>(unary, n_labels, pixels, p0, p1, energy + p0 * width, width);
-  for (int64_t p = p0; p < p1; ++p) softmax_row(energy + p * width, q + p * width, width);
+  for (int64_t first = p0; first < p1; first += kUpdateRows) {
+    const int64_t rows = std::min(p1 - first, kUpdateRows);
+    std::copy(energy + first * width, energy + (first + rows) * width, x);
+    softmax_block(x, rows, width, q + first * width);
+  }
 }
 
 // Image b from start to end: on the calling thread, or (team) shared with
 // the other threads of the enclosing region, each holding the same `ws`.
 template <class U>
-void mean_field_image(const MeanFieldArgs& args, int64_t b, const ImageWorkspace& ws, bool team,
-                                          float* x) {
+void mean_field_image(const MeanFieldArgs& args, int64_t b, const ImageWorkspace& ws, bool team, float* x) {
   const int64_t n_labels = args.unary.shape[1], height = args.unary.shape[2], width = args.unary.shape[3];
   const int64_t pixels = height * width, row = padded_width(n_labels);
   const U* unary = args.unary.as<U>() + b * n_labels * pixels;
   const uint8_t* image = args.image.as<uint8_t>() + b * 3 * pixels;
   float* out = args.out.as<float>() + b * n_labels * pixels;
 
-  // The lattices, one per thread in team mode (each build is sequential).
+  // The lattices: every pixel embedded, then the rest of each build
+  // (sequential), one lattice per thread in team mode.
+  stage_for(team, pixels, kPixelBlock, [&](int64_t p0, int64_t p1) {
+    for (int k = 0; k < args.n_kernels; ++k) {
+      const MeanFieldKernel& kernel = args.kernels[k];
+      dispatch_dims(kernel.dims, [&](auto d) {
+        embed_range<decltype(d)::value>(ws.lattices[k], image, kernel.sxy, kernel.srgb, p0, p1);
+        return 0;
+      });
+    }
+  });
   stage_for(team, args.n_kernels, 1, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       Lattice lat = ws.lattices[k];
-      const MeanFieldKernel& kernel = args.kernels[k];
       ws.vertices[k] = dispatch_dims(lat.dims, [&](auto d) {
-        constexpr int D = decltype(d)::value;
-        return build_image_lattice<D>(lat, image, kernel.sxy, kernel.srgb, ws.keys[k], ws.values[k][0],
-                                      ws.values[k][1]);
+        return build_image_lattice<decltype(d)::value>(lat, ws.keys[k], ws.values[k][0], ws.values[k][1]);
       });
     }
   });
   // q = softmax(-unary), the energies kept as rows for the updates.
   stage_for(team, pixels, kPixelBlock, [&](int64_t p0, int64_t p1) {
-    start_range<U>(unary, n_labels, pixels, p0, p1, ws.energy, ws.q, row);
+    start_range<U>(unary, n_labels, pixels, p0, p1, ws.energy, ws.q, row, x);
   });
 
   const float identity = static_cast<float>(args.identity_weight);
@@ -847,7 +909,7 @@ namespace {
 
 // q rows = softmax(-unary + pairwise) for pixels [p0, p1) of one image;
 // `x`: kTransposeBlock rows of scratch. Rows of a multiple of 8 take
-// softmax_row(), as the image-by-image path does.
+// softmax_block(), as the image-by-image path does.
 template <class U>
 WSSS_CPU_VECTORIZED void softmax_rows(const U* unary, int64_t n_labels, int64_t pixels, int64_t p0, int64_t p1,
                                       const float* pairwise, float* q, int64_t width, float* x) {
@@ -856,15 +918,14 @@ WSSS_CPU_VECTORIZED void softmax_rows(const U* unary, int64_t n_labels, int64_t 
   for (int64_t first = p0; first < p1; first += kTransposeBlock) {
     const int64_t last = std::min(p1, first + kTransposeBlock);
     energy_rows<U>(image_unary, n_labels, pixels, first - b * pixels, last - b * pixels, x, width);
-    for (int64_t p = first; p < last; ++p) {
-      float* xp = x + (p - first) * width;
-      if (width % kLanes == 0) {
-        if (pairwise)
-          for (int64_t l = 0; l < width; ++l) xp[l] = xp[l] + pairwise[p * width + l];
-        softmax_row(xp, q + p * width, width);
-      } else {
-        mean_field_softmax(xp, pairwise ? pairwise + p * width : nullptr, q + p * width, n_labels, width);
-      }
+    if (width % kLanes == 0) {
+      if (pairwise)
+        for (int64_t i = 0; i < (last - first) * width; ++i) x[i] = x[i] + pairwise[first * width + i];
+      softmax_block(x, last - first, width, q + first * width);
+    } else {
+      for (int64_t p = first; p < last; ++p)
+        mean_field_softmax(x + (p - first) * width, pairwise ? pairwise + p * width : nullptr, q + p * width,
+                           n_labels, width);
     }
   }
 }
