@@ -147,7 +147,7 @@ inline void axpy_row(float* dst, float w, const float* src, int64_t width) {
 // Entries ahead of the one being summed whose q rows splat_blocks prefetches:
 // a vertex's pixels are scattered over the image (the bilateral lattice's
 // vertices are colour clusters), so its rows come from L3 or memory.
-constexpr int32_t kPrefetchAhead = 8;
+constexpr int32_t kPrefetchAhead = 16;
 
 // dst[0, 8 NB) = sum over entries [i0, i1) of weights[i] * q row pixels[i],
 // lanes [0, 8 NB) from `offset`: NB independent sums in registers, one pass
@@ -805,17 +805,26 @@ void mean_field_image(const MeanFieldArgs& args, int64_t b, const ImageWorkspace
       });
     }
   });
-  stage_for(team, args.n_kernels, 1, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
-      Lattice lat = ws.lattices[k];
-      ws.vertices[k] = dispatch_dims(lat.dims, [&](auto d) {
-        return build_image_lattice<decltype(d)::value>(lat, ws.keys[k], ws.values[k][0], ws.values[k][1]);
-      });
+  // One stage for the rest of the builds and q = softmax(-unary) (the
+  // energies kept as rows for the updates), in blocks of pixels: in a team
+  // the thread that builds the smaller lattice goes on to the softmax while
+  // the bilateral one is still being built (it is taken first).
+  int order[kMaxKernels] = {0, 1};
+  if (args.n_kernels == 2 && ws.lattices[0].dims < ws.lattices[1].dims) std::swap(order[0], order[1]);
+  const int64_t start_blocks = (pixels + kPixelBlock - 1) / kPixelBlock;
+  stage_for(team, args.n_kernels + start_blocks, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      if (i < args.n_kernels) {
+        const int k = order[i];
+        Lattice lat = ws.lattices[k];
+        ws.vertices[k] = dispatch_dims(lat.dims, [&](auto d) {
+          return build_image_lattice<decltype(d)::value>(lat, ws.keys[k], ws.values[k][0], ws.values[k][1]);
+        });
+      } else {
+        const int64_t p0 = (i - args.n_kernels) * kPixelBlock;
+        start_range<U>(unary, n_labels, pixels, p0, std::min(pixels, p0 + kPixelBlock), ws.energy, ws.q, row, x);
+      }
     }
-  });
-  // q = softmax(-unary), the energies kept as rows for the updates.
-  stage_for(team, pixels, kPixelBlock, [&](int64_t p0, int64_t p1) {
-    start_range<U>(unary, n_labels, pixels, p0, p1, ws.energy, ws.q, row, x);
   });
 
   const float identity = static_cast<float>(args.identity_weight);
