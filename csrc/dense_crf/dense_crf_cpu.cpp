@@ -430,6 +430,17 @@ int64_t build_image_lattice(Lattice& lat, int32_t* keys, float* values_a, float*
 
   int32_t vertices = 0;
   for (int64_t p = 0; p < pixels; ++p) {
+    // Neighbouring pixels often fall in the same simplex (a lattice cell
+    // spans several pixels, and flat colour keeps the bilateral one too):
+    // then its corners are the previous pixel's vertices, no lookups.
+    if (p > 0 && same_key<D>(simplex + p * D, simplex + (p - 1) * D)) {
+      for (int r = 0; r <= D; ++r) {
+        const int32_t v = entry_vertex[(p - 1) * (D + 1) + r];
+        entry_vertex[p * (D + 1) + r] = v;
+        ++counts[v + 1];
+      }
+      continue;
+    }
     int32_t corner_keys[D + 1][D];
     simplex_corner_keys<D>(simplex + p * D, corner_keys);
     for (int r = 0; r <= D; ++r) {
