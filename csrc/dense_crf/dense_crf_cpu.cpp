@@ -262,6 +262,38 @@ WSSS_CPU_VECTORIZED void slice_range(const Lattice& lat, int64_t p0, int64_t p1,
   }
 }
 
+// values[v] = sum over v's entries of w * norm * q[pixel] for all vertices:
+// splat_range()'s sums, made in one pass over the pixels instead of one
+// over each vertex's entries. Each q row is read once, in order, and added
+// into the rows of its pixel's d+1 vertices (a few hundred KB to a few MB),
+// where a gather read it d+1 times from wherever the vertices' pixels lie.
+// A vertex gets its terms in entry order either way (a pixel's corners are
+// distinct vertices), so the sums are the same, bit for bit.
+template <int D>
+WSSS_CPU_VECTORIZED void scatter_splat(const Lattice& lat, int64_t vertices, const float* q, float* values,
+                                       int64_t width) {
+  const int32_t* entry_vertex = lat.entry_vertex.as<int32_t>();
+  const float* weights = lat.weights.as<float>();
+  const float* norm = lat.norm.as<float>();
+  std::fill(values, values + vertices * width, 0.f);
+  const int64_t pixels = lat.images * lat.pixels();
+  for (int64_t p = 0; p < pixels; ++p) {
+    const float* row = q + p * width;
+    for (int r = 0; r <= D; ++r) {
+      const int64_t e = p * (D + 1) + r;
+      const float w = weights[e] * norm[p];  // link_splats' splat weight
+      float* dst = values + static_cast<int64_t>(entry_vertex[e]) * width;
+#if WSSS_CRF_REGISTER_ROWS
+      if (width % kLanes == 0) {
+        for (int64_t l = 0; l < width; l += kLanes) store_lanes(dst + l, load_lanes(dst + l) + w * load_lanes(row + l));
+        continue;
+      }
+#endif
+      axpy_row(dst, w, row, width);
+    }
+  }
+}
+
 // Splat, blur along every direction, slice; values_a/b are clobbered.
 template <int D>
 void filter_impl(const Lattice& lat, int64_t vertices, const float* q, const float* norm, float* out, int64_t width,
@@ -846,15 +878,30 @@ void mean_field_image(const MeanFieldArgs& args, int64_t b, const ImageWorkspace
   float weights[kMaxKernels];
   for (int k = 0; k < args.n_kernels; ++k) weights[k] = static_cast<float>(args.kernels[k].weight);
   for (int iteration = 0; iteration < args.n_iters; ++iteration) {
-    // Splat q and blur it on every lattice, then update q from the blurred values.
+    // Splat q on every lattice, blur it, then update q from the blurred
+    // values. The splat is a scatter over the pixels on one thread, a
+    // gather over the vertices shared by a team (a lattice's scatter cannot
+    // be split; one lattice per thread left the Gaussian one's thread idle
+    // half the time): the same sums either way.
+    for (int k = 0; k < args.n_kernels; ++k) {
+      const Lattice& lat = ws.lattices[k];
+      float* values = ws.values[k][0];
+      if (team) {
+        stage_for(team, ws.vertices[k], kSplatBlock,
+                  [&](int64_t v0, int64_t v1) { splat_range(lat, v0, v1, ws.q, values, row); });
+      } else {
+        dispatch_dims(lat.dims, [&](auto d) {
+          scatter_splat<decltype(d)::value>(lat, ws.vertices[k], ws.q, values, row);
+          return 0;
+        });
+      }
+    }
     const float* blurred[kMaxKernels] = {};
     for (int k = 0; k < args.n_kernels; ++k) {
       const Lattice& lat = ws.lattices[k];
       const int64_t vertices = ws.vertices[k];
       float* front = ws.values[k][0];  // the values, then the blur passes back and forth
       float* back = ws.values[k][1];
-      stage_for(team, vertices, kSplatBlock,
-                [&](int64_t v0, int64_t v1) { splat_range(lat, v0, v1, ws.q, front, row); });
       const int32_t* neighbours = lat.neighbours.as<int32_t>();
       for (int j = 0; j <= lat.dims; ++j) {
         const int32_t* direction = neighbours + 2 * j * vertices;
