@@ -264,6 +264,20 @@ def test_cpu_image_by_image_path_equals_the_batched_path(monkeypatch, batch, hei
     torch.testing.assert_close(wsss_ext.dense_crf(unary, image, 10, **params), by_image, rtol=0, atol=tolerance)
 
 
+def test_cpu_workspace_above_the_cap_takes_the_batched_lattice(monkeypatch):
+    # The image-by-image workspace is sized for the worst case; past
+    # _CPU_WORKSPACE_BYTES the batched lattice (buffers sized by the vertex
+    # count) runs instead, with the same result.
+    module = sys.modules["wsss_ext.ops.dense_crf"]
+    unary, image = cam_unary(2, 21, 40, 50), torch.cat([photo(40, 50), random_image(1, 40, 50)])
+    by_image = wsss_ext.dense_crf(unary, image, 5)
+    calls = []
+    monkeypatch.setattr(module, "_CPU_WORKSPACE_BYTES", 0)
+    monkeypatch.setattr(module, "_mean_field_by_image", lambda *args: calls.append(args))
+    torch.testing.assert_close(wsss_ext.dense_crf(unary, image, 5), by_image, rtol=0, atol=0)
+    assert not calls
+
+
 @pytest.mark.parametrize(
     "params",
     [

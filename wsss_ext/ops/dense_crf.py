@@ -58,6 +58,13 @@ _CPU_CHUNK_PIXELS = 1 << 19
 # cache) and rows are the working set; the batched lattice, whose stages each
 # spread over the whole batch, is slower at every size.
 _CPU_IMAGE_PIXELS = _MAX_PIXELS
+# ... as long as the workspace stays below this many bytes: its rows are
+# sized for every lattice corner being its own vertex (the vertex count is
+# known only once a lattice is built), and only the pages an image needs are
+# touched, but an allocation far beyond memory would be refused. About 2 GB
+# a thread for a 512 x 512 image with COCO's 81 labels; larger images or
+# label counts take the batched lattice, whose buffers follow the vertex count.
+_CPU_WORKSPACE_BYTES = 1 << 33
 
 
 def _lattice_is_identity(dims: int, sxy: float) -> bool:
@@ -150,7 +157,10 @@ def _dense_crf(
     batch, _, height, width = unary.shape
     cuda = runs_on_cuda(unary)
     if not cuda and height * width <= _CPU_IMAGE_PIXELS:
-        return _mean_field_by_image(unary, image, n_iters, kernels, identity_weight)
+        workers = max(1, min(batch, _C.cpu_threads()))
+        row_bytes = _C.dense_crf_workspace_bytes(height * width, unary.shape[1], [dims for dims, *_ in kernels])
+        if workers * row_bytes <= _CPU_WORKSPACE_BYTES:
+            return _mean_field_by_image(unary, image, n_iters, kernels, identity_weight, workers, row_bytes)
     chunk_pixels = _MAX_PIXELS if cuda else _CPU_CHUNK_PIXELS
     if batch * height * width <= chunk_pixels:
         return _mean_field(unary, image, n_iters, kernels, identity_weight)
@@ -166,17 +176,20 @@ def _dense_crf(
 
 
 def _mean_field_by_image(
-    unary: Tensor, image: Tensor, n_iters: int, kernels: list[tuple[int, float, float, float]], identity_weight: float
+    unary: Tensor,
+    image: Tensor,
+    n_iters: int,
+    kernels: list[tuple[int, float, float, float]],
+    identity_weight: float,
+    workers: int,
+    row_bytes: int,
 ) -> Tensor:
     """The CPU's path: one call, each thread running whole images in its own
     row of the workspace, or all threads each image in row 0 when the batch
     is smaller than the thread count (bit for bit the batched path's result
     either way). Rows are sized for every corner being its own vertex; only
     the pages an image needs are touched, so only those take memory."""
-    batch, n_labels, height, width = unary.shape
     out = torch.empty(unary.shape, dtype=torch.float32)
-    workers = max(1, min(batch, _C.cpu_threads()))
-    row_bytes = _C.dense_crf_workspace_bytes(height * width, n_labels, [dims for dims, *_ in kernels])
     workspace = torch.empty((workers, row_bytes), dtype=torch.uint8)
     _C.dense_crf_mean_field(unary, image, out, workspace, n_iters, kernels, identity_weight)
     return out
