@@ -718,6 +718,9 @@ struct ImageWorkspace {
   float* values[kMaxKernels][2] = {};
   int32_t* keys[kMaxKernels] = {};  // vertex keys while a lattice is built
   int64_t* vertices = nullptr;      // [kMaxKernels], shared by a team
+  // [kMaxKernels]: 1 where lattice k holds the Gaussian (position-only)
+  // lattice of this call's image size, which every image shares.
+  int64_t* built = nullptr;
   Lattice lattices[kMaxKernels];
 };
 
@@ -729,6 +732,7 @@ ImageWorkspace carve_workspace(uint8_t* base, int64_t height, int64_t width, int
   ws.q = carve.take<float>(pixels * row);
   ws.energy = carve.take<float>(pixels * row);
   ws.vertices = carve.take<int64_t>(kMaxKernels);
+  ws.built = carve.take<int64_t>(kMaxKernels);
   for (int k = 0; k < n_kernels; ++k) {
     const int d = dims[k];
     const int64_t entries = pixels * (d + 1);
@@ -842,9 +846,14 @@ void mean_field_image(const MeanFieldArgs& args, int64_t b, const ImageWorkspace
   float* out = args.out.as<float>() + b * n_labels * pixels;
 
   // The lattices: every pixel embedded, then the rest of each build
-  // (sequential), one lattice per thread in team mode.
+  // (sequential), one lattice per thread in team mode. A Gaussian lattice
+  // depends on pixel positions only: one built for an earlier image of the
+  // call (same size) in this workspace is reused as it is.
+  bool build[kMaxKernels] = {};
+  for (int k = 0; k < args.n_kernels; ++k) build[k] = !(ws.lattices[k].dims == kGaussianDims && ws.built[k]);
   stage_for(team, pixels, kPixelBlock, [&](int64_t p0, int64_t p1) {
     for (int k = 0; k < args.n_kernels; ++k) {
+      if (!build[k]) continue;
       const MeanFieldKernel& kernel = args.kernels[k];
       dispatch_dims(kernel.dims, [&](auto d) {
         embed_range<decltype(d)::value>(ws.lattices[k], image, kernel.sxy, kernel.srgb, p0, p1);
@@ -863,6 +872,8 @@ void mean_field_image(const MeanFieldArgs& args, int64_t b, const ImageWorkspace
     for (int64_t i = i0; i < i1; ++i) {
       if (i < args.n_kernels) {
         const int k = order[i];
+        if (!build[k]) continue;
+        ws.built[k] = ws.lattices[k].dims == kGaussianDims;
         Lattice lat = ws.lattices[k];
         ws.vertices[k] = dispatch_dims(lat.dims, [&](auto d) {
           return build_image_lattice<decltype(d)::value>(lat, ws.keys[k], ws.values[k][0], ws.values[k][1]);
@@ -955,6 +966,11 @@ void mean_field_cpu(const MeanFieldArgs& args) {
   const int64_t row = padded_width(args.unary.shape[1]);
   advise_huge_pages(base, workers * row_bytes);
   advise_huge_pages(args.out.data, args.out.numel() * static_cast<int64_t>(sizeof(float)));
+  for (int64_t w = 0; w < workers; ++w) {  // no lattice built yet in any row
+    const ImageWorkspace ws = carve_workspace(base + w * row_bytes, args.unary.shape[2], args.unary.shape[3],
+                                              args.unary.shape[1], dims, args.n_kernels, nullptr);
+    std::fill(ws.built, ws.built + kMaxKernels, int64_t{0});
+  }
   dispatch_floating(args.unary.dtype, "unary", [&](auto tag) {
     using U = decltype(tag);
     const int threads = cpu_threads();
