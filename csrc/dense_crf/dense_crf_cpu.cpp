@@ -773,6 +773,23 @@ void stage_for(bool team, int64_t n, int64_t block, Body&& body) {
   for (int64_t b = 0; b < blocks; ++b) body(b * block, std::min(n, (b + 1) * block));
 }
 
+// stage_for() over the items of several lattices at once: blocks of `block`
+// of lattice 0's counts[0] items, then of lattice 1's, ... (inactive ones
+// skipped); body(k, i0, i1) for items [i0, i1) of lattice k.
+template <class Body>
+void lattices_for(bool team, const int64_t* counts, const bool* active, int n, int64_t block, Body&& body) {
+  int64_t blocks[kMaxKernels] = {}, total = 0;
+  for (int k = 0; k < n; ++k) total += blocks[k] = active[k] ? (counts[k] + block - 1) / block : 0;
+  stage_for(team, total, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      int k = 0;
+      int64_t local = b;
+      while (local >= blocks[k]) local -= blocks[k++];
+      body(k, local * block, std::min(counts[k], (local + 1) * block));
+    }
+  });
+}
+
 // Pixels per work item of the per-pixel stages, vertices per work item of
 // splats and blurs (a vertex's splat list runs to thousands of entries on
 // flat regions: smaller items keep the threads even).
@@ -894,34 +911,37 @@ void mean_field_image(const MeanFieldArgs& args, int64_t b, const ImageWorkspace
     // gather over the vertices shared by a team (a lattice's scatter cannot
     // be split; one lattice per thread left the Gaussian one's thread idle
     // half the time): the same sums either way.
-    for (int k = 0; k < args.n_kernels; ++k) {
-      const Lattice& lat = ws.lattices[k];
-      float* values = ws.values[k][0];
-      if (team) {
-        stage_for(team, ws.vertices[k], kSplatBlock,
-                  [&](int64_t v0, int64_t v1) { splat_range(lat, v0, v1, ws.q, values, row); });
-      } else {
-        dispatch_dims(lat.dims, [&](auto d) {
-          scatter_splat<decltype(d)::value>(lat, ws.vertices[k], ws.q, values, row);
+    // Both lattices' splats are one stage, and so is each blur pass that
+    // both have (fewer barriers for a team, each ending when its last item does).
+    const bool all[kMaxKernels] = {true, true};
+    if (team) {
+      lattices_for(team, ws.vertices, all, args.n_kernels, kSplatBlock, [&](int k, int64_t v0, int64_t v1) {
+        splat_range(ws.lattices[k], v0, v1, ws.q, ws.values[k][0], row);
+      });
+    } else {
+      for (int k = 0; k < args.n_kernels; ++k) {
+        dispatch_dims(ws.lattices[k].dims, [&](auto d) {
+          scatter_splat<decltype(d)::value>(ws.lattices[k], ws.vertices[k], ws.q, ws.values[k][0], row);
           return 0;
         });
       }
     }
-    const float* blurred[kMaxKernels] = {};
-    for (int k = 0; k < args.n_kernels; ++k) {
-      const Lattice& lat = ws.lattices[k];
-      const int64_t vertices = ws.vertices[k];
-      float* front = ws.values[k][0];  // the values, then the blur passes back and forth
-      float* back = ws.values[k][1];
-      const int32_t* neighbours = lat.neighbours.as<int32_t>();
-      for (int j = 0; j <= lat.dims; ++j) {
-        const int32_t* direction = neighbours + 2 * j * vertices;
-        stage_for(team, vertices, kBlurBlock,
-                  [&](int64_t v0, int64_t v1) { blur_range(direction, v0, v1, front, back, row); });
-        std::swap(front, back);
-      }
-      blurred[k] = front;
+    // The blur passes go back and forth between each lattice's two buffers.
+    float* front[kMaxKernels] = {ws.values[0][0], ws.values[1][0]};
+    float* back[kMaxKernels] = {ws.values[0][1], ws.values[1][1]};
+    int passes = 0;
+    for (int k = 0; k < args.n_kernels; ++k) passes = std::max(passes, ws.lattices[k].dims + 1);
+    for (int j = 0; j < passes; ++j) {
+      bool active[kMaxKernels] = {};
+      for (int k = 0; k < args.n_kernels; ++k) active[k] = j <= ws.lattices[k].dims;
+      lattices_for(team, ws.vertices, active, args.n_kernels, kBlurBlock, [&](int k, int64_t v0, int64_t v1) {
+        const int32_t* direction = ws.lattices[k].neighbours.as<int32_t>() + 2 * j * ws.vertices[k];
+        blur_range(direction, v0, v1, front[k], back[k], row);
+      });
+      for (int k = 0; k < args.n_kernels; ++k)
+        if (active[k]) std::swap(front[k], back[k]);
     }
+    const float* blurred[kMaxKernels] = {front[0], front[1]};
     stage_for(team, pixels, kPixelBlock, [&](int64_t p0, int64_t p1) {
       update_range(ws, args.n_kernels, blurred, weights, identity, p0, p1, row, x);
     });
