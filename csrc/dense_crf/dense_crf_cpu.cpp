@@ -1,8 +1,18 @@
-// Dense CRF on the CPU. The lattice of the whole batch is one set of
-// vertices, so every stage is a flat OpenMP loop over pixels or vertices and
-// small batches still use every core. The hash inserts race through atomic
-// compare-and-swap; vertex numbering, splat lists and every float sum follow
-// the entry order, so results do not depend on the thread count.
+// Dense CRF on the CPU, two ways with the same results bit for bit.
+//
+// The image-by-image mean field (mean_field_cpu, what ops/dense_crf.py runs):
+// one parallel region a call; threads take whole images, or share each image
+// when there are fewer images than threads. An image's lattices are built
+// sequentially (vertices numbered as inserted, a hash table sized for the
+// vertices), and each iteration is a splat and blur per lattice and one pass
+// over the pixels for both slices and the softmax.
+//
+// The batched lattice (build_vertices / link / filter / softmax, the
+// reference the tests hold the first to): the whole batch is one set of
+// vertices, so every stage is a flat OpenMP loop over pixels or vertices.
+// The hash inserts race through atomic compare-and-swap; vertex numbering,
+// splat lists and every float sum follow the entry order, so results do
+// not depend on the thread count.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -160,7 +170,7 @@ constexpr int32_t kPrefetchAhead = 16;
 // `last`: the last entry whose pixel may be read for a prefetch.
 template <int NB>
 WSSS_CRF_INLINE void splat_blocks(const int32_t* pixels, const float* weights, int32_t i0, int32_t i1, int32_t last,
-                         const float* q, int64_t width, int64_t offset, float* dst) {
+                                  const float* q, int64_t width, int64_t offset, float* dst) {
   Lanes acc[NB] = {};
   for (int32_t i = i0; i < i1; ++i) {
     __builtin_prefetch(q + static_cast<int64_t>(pixels[std::min(i + kPrefetchAhead, last)]) * width + offset);
@@ -798,8 +808,9 @@ constexpr int64_t kSplatBlock = 64;
 constexpr int64_t kBlurBlock = 1024;
 
 // update_range() for at most kUpdateRows pixels.
-WSSS_CRF_INLINE void update_rows(const ImageWorkspace& ws, int n_kernels, const float* const* blurred, const float* weights,
-                        float identity, int64_t p0, int64_t p1, int64_t width, float* x) {
+WSSS_CRF_INLINE void update_rows(const ImageWorkspace& ws, int n_kernels, const float* const* blurred,
+                                 const float* weights, float identity, int64_t p0, int64_t p1, int64_t width,
+                                 float* x) {
   for (int k = 0; k < n_kernels; ++k) {
     const Lattice& lat = ws.lattices[k];
     dispatch_dims(lat.dims, [&](auto d) {
