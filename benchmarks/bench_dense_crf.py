@@ -18,7 +18,9 @@ to use more cores; the pool is started and warmed up before the timing).
 Agreement with pydensecrf is reported as the fraction of pixels with the
 same argmax and the largest |Q difference|. ``ns_per_pixel_label`` is the
 cost of one mean-field iteration, (t(10 iterations) - t(1)) / 9 per pixel
-and label, for both: the distance to memory bandwidth.
+and label, for both: the distance to memory bandwidth. ``ours.threads_allowed``
+is how many threads the idle-CPU cap let the kernels use (on a busy machine
+fewer than ``ours.threads``; ``WSSS_EXT_DYNAMIC_THREADS=0`` turns the cap off).
 """
 
 from __future__ import annotations
