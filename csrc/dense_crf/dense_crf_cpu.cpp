@@ -194,8 +194,12 @@ WSSS_CPU_VECTORIZED void splat_range(const Lattice& lat, int64_t v0, int64_t v1,
   for (int64_t v = v0; v < v1; ++v) {
     float* dst = values + v * width;
     if (q == nullptr) {
-      for (int64_t l = 0; l < width; ++l) dst[l] = 0.f;
-      for (int32_t i = start[v]; i < start[v + 1]; ++i) dst[0] += weights[i];
+      // In a register: adding into dst[0] in memory made each term wait for
+      // the previous one's store (dst may alias the weights). Same order.
+      float sum = 0.f;
+      for (int32_t i = start[v]; i < start[v + 1]; ++i) sum += weights[i];
+      for (int64_t l = 1; l < width; ++l) dst[l] = 0.f;
+      dst[0] = sum;
 #if WSSS_CRF_REGISTER_ROWS
     } else if (width % kLanes == 0) {
       const int32_t i0 = start[v], i1 = start[v + 1], last = start[v1] - 1;
@@ -263,6 +267,15 @@ WSSS_CPU_VECTORIZED void slice_range(const Lattice& lat, int64_t p0, int64_t p1,
       continue;
     }
 #endif
+    if (width == 1) {  // the normalisation's signal of ones: summed in a register, in the same order
+      float sum = accumulate ? dst[0] : 0.f;
+      for (int r = 0; r <= D; ++r) {
+        const int64_t e = p * (D + 1) + r;
+        sum += pixel_scale * weights[e] * values[entry_vertex[e]];
+      }
+      dst[0] = sum;
+      continue;
+    }
     if (!accumulate)
       for (int64_t l = 0; l < width; ++l) dst[l] = 0.f;
     for (int r = 0; r <= D; ++r) {
