@@ -134,6 +134,7 @@ constexpr int64_t kLanes = 8;
 // whose instruction set they then use; called, they would run the baseline
 // one (and pass 8-float vectors through memory).
 #define WSSS_CRF_INLINE inline __attribute__((always_inline))
+#define WSSS_CRF_NOINLINE __attribute__((noinline))
 typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
 WSSS_CRF_INLINE Lanes load_lanes(const float* p) {
   Lanes v;
@@ -144,6 +145,11 @@ WSSS_CRF_INLINE void store_lanes(float* p, Lanes v) { __builtin_memcpy(p, &v, si
 #else
 #define WSSS_CRF_REGISTER_ROWS 0
 #define WSSS_CRF_INLINE inline
+#if defined(_MSC_VER)
+#define WSSS_CRF_NOINLINE __declspec(noinline)
+#else
+#define WSSS_CRF_NOINLINE
+#endif
 #endif
 
 // dst[l] += w * src[l]
@@ -580,21 +586,28 @@ WSSS_CRF_INLINE V exp_nonpositive(V x) {
   return x < splat_lanes<V>(-87.33654f) ? V{} : p * scale;
 }
 
+// v's lanes in the order given (GCC's and clang's spellings differ).
+#if defined(__clang__)
+#define WSSS_CRF_SHUFFLE(v, ...) __builtin_shufflevector(v, v, __VA_ARGS__)
+#else
+#define WSSS_CRF_SHUFFLE(v, ...) __builtin_shuffle(v, LaneInts{__VA_ARGS__})
+#endif
+
 // Every lane of the result holds the max (sum) of v's 8 lanes, combined in a
 // butterfly (lanes 4 apart, then 2, then 1): a fixed order, and three steps
 // where a scalar walk over the lanes took seven dependent ones.
 WSSS_CRF_INLINE Lanes max_across(Lanes v) {
-  Lanes w = __builtin_shuffle(v, LaneInts{4, 5, 6, 7, 0, 1, 2, 3});
+  Lanes w = WSSS_CRF_SHUFFLE(v, 4, 5, 6, 7, 0, 1, 2, 3);
   v = v > w ? v : w;
-  w = __builtin_shuffle(v, LaneInts{2, 3, 0, 1, 6, 7, 4, 5});
+  w = WSSS_CRF_SHUFFLE(v, 2, 3, 0, 1, 6, 7, 4, 5);
   v = v > w ? v : w;
-  w = __builtin_shuffle(v, LaneInts{1, 0, 3, 2, 5, 4, 7, 6});
+  w = WSSS_CRF_SHUFFLE(v, 1, 0, 3, 2, 5, 4, 7, 6);
   return v > w ? v : w;
 }
 WSSS_CRF_INLINE Lanes sum_across(Lanes v) {
-  v += __builtin_shuffle(v, LaneInts{4, 5, 6, 7, 0, 1, 2, 3});
-  v += __builtin_shuffle(v, LaneInts{2, 3, 0, 1, 6, 7, 4, 5});
-  return v + __builtin_shuffle(v, LaneInts{1, 0, 3, 2, 5, 4, 7, 6});
+  v += WSSS_CRF_SHUFFLE(v, 4, 5, 6, 7, 0, 1, 2, 3);
+  v += WSSS_CRF_SHUFFLE(v, 2, 3, 0, 1, 6, 7, 4, 5);
+  return v + WSSS_CRF_SHUFFLE(v, 1, 0, 3, 2, 5, 4, 7, 6);
 }
 #endif
 
@@ -607,7 +620,7 @@ WSSS_CRF_INLINE Lanes sum_across(Lanes v) {
 // function of its own (not inlined), so that both CPU paths run the same
 // instructions: inlined, the compiler may fuse multiplies and adds
 // differently in each caller.
-WSSS_CPU_VECTORIZED __attribute__((noinline)) void softmax_block(float* x, int64_t rows, int64_t width, float* q) {
+WSSS_CPU_VECTORIZED WSSS_CRF_NOINLINE void softmax_block(float* x, int64_t rows, int64_t width, float* q) {
 #if WSSS_CRF_REGISTER_ROWS
   for (int64_t p = 0; p < rows; ++p) {
     float* row = x + p * width;
