@@ -238,24 +238,44 @@ def test_batch_equals_one_image_at_a_time(device):
 
 def test_cpu_batches_larger_than_a_chunk_are_split_consistently(monkeypatch):
     module = sys.modules["wsss_ext.ops.dense_crf"]
+    monkeypatch.setattr(module, "_CPU_IMAGE_PIXELS", 0)  # the batched lattice, which splits batches
     unary, image = cam_unary(5, 3, 20, 30), random_image(5, 20, 30)
     whole = wsss_ext.dense_crf(unary, image, 5)
     monkeypatch.setattr(module, "_CPU_CHUNK_PIXELS", 2 * 20 * 30)  # chunks of 2, 2, 1 images
     torch.testing.assert_close(wsss_ext.dense_crf(unary, image, 5), whole, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("height, width, params", [(41, 41, SCALE_12), (64, 80, AFFINITYNET), (9, 130, IRNET)])
-def test_cpu_image_by_image_path_equals_the_batched_path(monkeypatch, height, width, params):
-    # Small images run image by image, each thread taking whole images; the
+@pytest.mark.parametrize(
+    "batch, height, width, params",
+    [(3, 41, 41, SCALE_12), (3, 64, 80, AFFINITYNET), (3, 9, 130, IRNET), (1, 150, 140, AFFINITYNET)],
+)
+def test_cpu_image_by_image_path_equals_the_batched_path(monkeypatch, batch, height, width, params):
+    # The CPU runs image by image, each thread taking whole images (or, for
+    # fewer images than threads, all threads sharing each image); the
     # batched lattice gives the same sums in the same order (bit for bit but
     # for the identity term, which torch adds on the batched path).
     module = sys.modules["wsss_ext.ops.dense_crf"]
-    unary, image = cam_unary(3, 21, height, width), torch.cat([photo(height, width), random_image(2, height, width)])
+    unary = cam_unary(batch, 21, height, width)
+    image = torch.cat([photo(height, width), random_image(2, height, width)])[:batch]
     assert height * width <= module._CPU_IMAGE_PIXELS
     by_image = wsss_ext.dense_crf(unary, image, 10, **params)
     monkeypatch.setattr(module, "_CPU_IMAGE_PIXELS", 0)
     tolerance = 1e-6 if module._lattice_is_identity(2, params["gaussian_sxy"]) else 0.0
     torch.testing.assert_close(wsss_ext.dense_crf(unary, image, 10, **params), by_image, rtol=0, atol=tolerance)
+
+
+def test_cpu_workspace_above_the_cap_takes_the_batched_lattice(monkeypatch):
+    # The image-by-image workspace is sized for the worst case; past
+    # _CPU_WORKSPACE_BYTES the batched lattice (buffers sized by the vertex
+    # count) runs instead, with the same result.
+    module = sys.modules["wsss_ext.ops.dense_crf"]
+    unary, image = cam_unary(2, 21, 40, 50), torch.cat([photo(40, 50), random_image(1, 40, 50)])
+    by_image = wsss_ext.dense_crf(unary, image, 5)
+    calls = []
+    monkeypatch.setattr(module, "_CPU_WORKSPACE_BYTES", 0)
+    monkeypatch.setattr(module, "_mean_field_by_image", lambda *args: calls.append(args))
+    torch.testing.assert_close(wsss_ext.dense_crf(unary, image, 5), by_image, rtol=0, atol=0)
+    assert not calls
 
 
 @pytest.mark.parametrize(
@@ -286,9 +306,9 @@ def test_kernels_narrower_than_the_lattice_are_the_identity(params):
 
 
 def test_result_does_not_depend_on_the_thread_count(tmp_path):
-    # Both CPU paths: small images run image by image (41 x 41 at scale 12,
-    # and 64 x 48), a larger one as one batched lattice. The idle-CPU cap is
-    # off so that the 2-thread run really uses 2 threads on a busy machine.
+    # Both ways the CPU shares out images: whole images per thread (5 and 2
+    # images), and one image shared by the threads (150 x 140). The idle-CPU
+    # cap is off so that the 2-thread run really uses 2 threads on a busy machine.
     script = (
         "import torch, wsss_ext\n"
         "g = torch.Generator().manual_seed(0)\n"

@@ -297,13 +297,15 @@ void softmax(const ArrayView& unary, const ArrayView& pairwise, const ArrayView&
              uintptr_t stream);
 
 // ---------------------------------------------------------------------------
-// The whole mean field image by image (CPU only): the path for small images
-// (SEC/DSRG's 41 x 41 loss maps), where one image's lattice is too small to
-// split across threads. Each thread takes whole images and runs the same
-// build, link, filter and softmax code as above on a one-image lattice held
-// in its own slice of `workspace`, so a call has one parallel region instead
-// of one per stage, the working set of an image stays in cache, and results
-// are bit for bit those of the batched path.
+// The whole mean field image by image (CPU only): the CPU's path at every
+// size. With at least as many images as threads each thread takes whole
+// images; with fewer, all threads share each image (the two lattices built
+// side by side, every filtering stage split over vertices or pixels). Each
+// image runs the same build, link, splat, blur and slice code as above on a
+// one-image lattice held in `workspace` (one row per thread, or row 0 for a
+// shared image), with the slices and the softmax in one pass over the
+// pixels; a call has one parallel region instead of one per stage, and
+// results are bit for bit those of the batched path at any thread count.
 // ---------------------------------------------------------------------------
 constexpr int kMaxKernels = 2;
 

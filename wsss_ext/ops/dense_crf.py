@@ -48,13 +48,23 @@ _UNARY_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _MAX_ENTRIES = 2**31 - 1
 _MAX_PIXELS = _MAX_ENTRIES // 6  # d = 5: six corners per pixel
 _MAX_FEATURE = 2**24  # scaled feature values stay exact-ish in float32 and far from int32 overflow
-# Pixels per kernel call on the CPU, where batches run a few images at a time
-# (two 512 x 512 images: their buffers, not the batch's, bound the memory).
+# Pixels per kernel call of the batched lattice on the CPU (the path the
+# tests compare against), where batches run a few images at a time.
 _CPU_CHUNK_PIXELS = 1 << 19
-# Images up to this many pixels run image by image on the CPU, each thread
-# taking whole images (SEC/DSRG's 41 x 41 loss maps, small crops): one such
-# image's lattice is too small to share out across threads.
-_CPU_IMAGE_PIXELS = 1 << 14
+# Images up to this many pixels (all of them) run image by image on the CPU:
+# one kernel call for the batch, each thread taking whole images, or all
+# threads sharing each image when there are fewer images than threads. One
+# image's lattices (built sequentially, with a hash table that stays in
+# cache) and rows are the working set; the batched lattice, whose stages each
+# spread over the whole batch, is slower at every size.
+_CPU_IMAGE_PIXELS = _MAX_PIXELS
+# ... as long as the workspace stays below this many bytes: its rows are
+# sized for every lattice corner being its own vertex (the vertex count is
+# known only once a lattice is built), and only the pages an image needs are
+# touched, but an allocation far beyond memory would be refused. About 2 GB
+# a thread for a 512 x 512 image with COCO's 81 labels; larger images or
+# label counts take the batched lattice, whose buffers follow the vertex count.
+_CPU_WORKSPACE_BYTES = 1 << 33
 
 
 def _lattice_is_identity(dims: int, sxy: float) -> bool:
@@ -147,7 +157,10 @@ def _dense_crf(
     batch, _, height, width = unary.shape
     cuda = runs_on_cuda(unary)
     if not cuda and height * width <= _CPU_IMAGE_PIXELS:
-        return _mean_field_by_image(unary, image, n_iters, kernels, identity_weight)
+        workers = max(1, min(batch, _C.cpu_threads()))
+        row_bytes = _C.dense_crf_workspace_bytes(height * width, unary.shape[1], [dims for dims, *_ in kernels])
+        if workers * row_bytes <= _CPU_WORKSPACE_BYTES:
+            return _mean_field_by_image(unary, image, n_iters, kernels, identity_weight, workers, row_bytes)
     chunk_pixels = _MAX_PIXELS if cuda else _CPU_CHUNK_PIXELS
     if batch * height * width <= chunk_pixels:
         return _mean_field(unary, image, n_iters, kernels, identity_weight)
@@ -163,14 +176,20 @@ def _dense_crf(
 
 
 def _mean_field_by_image(
-    unary: Tensor, image: Tensor, n_iters: int, kernels: list[tuple[int, float, float, float]], identity_weight: float
+    unary: Tensor,
+    image: Tensor,
+    n_iters: int,
+    kernels: list[tuple[int, float, float, float]],
+    identity_weight: float,
+    workers: int,
+    row_bytes: int,
 ) -> Tensor:
-    """The CPU's path for small images: one call, each thread running whole
-    images in its own row of the workspace (bit for bit the batched path's result)."""
-    batch, n_labels, height, width = unary.shape
+    """The CPU's path: one call, each thread running whole images in its own
+    row of the workspace, or all threads each image in row 0 when the batch
+    is smaller than the thread count (bit for bit the batched path's result
+    either way). Rows are sized for every corner being its own vertex; only
+    the pages an image needs are touched, so only those take memory."""
     out = torch.empty(unary.shape, dtype=torch.float32)
-    workers = max(1, min(batch, _C.cpu_threads()))
-    row_bytes = _C.dense_crf_workspace_bytes(height * width, n_labels, [dims for dims, *_ in kernels])
     workspace = torch.empty((workers, row_bytes), dtype=torch.uint8)
     _C.dense_crf_mean_field(unary, image, out, workspace, n_iters, kernels, identity_weight)
     return out
