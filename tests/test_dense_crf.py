@@ -264,6 +264,48 @@ def test_cpu_image_by_image_path_equals_the_batched_path(monkeypatch, batch, hei
     torch.testing.assert_close(wsss_ext.dense_crf(unary, image, 10, **params), by_image, rtol=0, atol=tolerance)
 
 
+def test_cpu_workspace_cache_is_reused_never_stale_and_freed_when_asked():
+    # Calls keep their workspace (wsss_ext/ops/_workspace.py); a reused one
+    # holds the previous call's bytes, here garbage, and results must not
+    # depend on them, nor on the shapes that ran before.
+    import weakref
+
+    from wsss_ext.ops._workspace import dense_crf_workspaces
+
+    shapes = [(1, 21, 40, 50, AFFINITYNET), (3, 5, 41, 41, SCALE_12), (2, 21, 33, 27, IRNET), (1, 21, 40, 50, AFFINITYNET)]
+    cases = [(cam_unary(b, n, h, w, seed=i), random_image(b, h, w, seed=i), params)
+             for i, (b, n, h, w, params) in enumerate(shapes)]
+    expected = []
+    for unary, image, params in cases:
+        wsss_ext.empty_cache()
+        expected.append(wsss_ext.dense_crf(unary, image, 5, **params))
+    assert dense_crf_workspaces.cached_bytes() > 0
+    wsss_ext.empty_cache()
+    assert dense_crf_workspaces.cached_bytes() == 0
+    garbage = torch.randint(0, 256, (64 << 20,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    garbage[: 8 << 20] = 255  # int32 -1 and NaN patterns too
+    dense_crf_workspaces.give(garbage)
+    for (unary, image, params), want in zip(cases, expected):
+        torch.testing.assert_close(wsss_ext.dense_crf(unary, image, 5, **params), want, rtol=0, atol=0)
+    assert dense_crf_workspaces.cached_bytes() == garbage.numel()  # large enough: reused, not replaced
+    kept = weakref.ref(garbage)
+    del garbage
+    assert kept() is not None
+    wsss_ext.empty_cache()
+    assert kept() is None  # the buffer itself is gone, not only forgotten
+
+
+def test_cpu_workspace_cache_serves_concurrent_calls_separately():
+    from concurrent.futures import ThreadPoolExecutor
+
+    unary, image = cam_unary(2, 21, 40, 50), torch.cat([photo(40, 50), random_image(1, 40, 50)])
+    expected = wsss_ext.dense_crf(unary, image, 5)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: wsss_ext.dense_crf(unary, image, 5), range(16)))
+    for result in results:
+        torch.testing.assert_close(result, expected, rtol=0, atol=0)
+
+
 def test_cpu_workspace_above_the_cap_takes_the_batched_lattice(monkeypatch):
     # The image-by-image workspace is sized for the worst case; past
     # _CPU_WORKSPACE_BYTES the batched lattice (buffers sized by the vertex

@@ -2,6 +2,7 @@
 (checks, allocation, fake implementations) and the public function."""
 
 from wsss_ext.ops._checks import check_finite, get_check_finite, set_check_finite
+from wsss_ext.ops._workspace import empty_cache
 from wsss_ext.ops.correlation import correlation
 from wsss_ext.ops.dense_crf import dense_crf, unary_from_labels, unary_from_probs
 from wsss_ext.ops.fickle import expanded_dropout, fickle_conv2d, fickle_gradcam
@@ -26,6 +27,7 @@ __all__ = [
     "check_finite",
     "correlation",
     "dense_crf",
+    "empty_cache",
     "expanded_dropout",
     "feature_affinity",
     "fickle_conv2d",
