@@ -564,22 +564,14 @@ WSSS_CRF_INLINE V splat_lanes(float value) {
 WSSS_CRF_INLINE Lanes splat_lanes(float value) { return splat_lanes<Lanes>(value); }
 
 // exp_polynomial() (common/math.h) lane by lane for x <= 0 (softmax's x -
-// max), the same operations and results; where x <= 0 its upper clamp and
-// overflow test never fire and are left out. GCC left the scalar function's
+// max), through its exp_reduced(): the same operations and results; where
+// x <= 0 its upper clamp and overflow test never fire and are left out. GCC left the scalar function's
 // loops over a row with scalar tails. V: Lanes or WideLanes, VI its ints.
 template <class V, class VI>
 WSSS_CRF_INLINE V exp_nonpositive(V x) {
   const V xc = x > splat_lanes<V>(-87.5f) ? x : splat_lanes<V>(-87.5f);
-  const V n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  V r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  V p = splat_lanes<V>(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  V n;
+  const V p = exp_reduced(xc, n);
   const VI scale_bits = (__builtin_convertvector(n, VI) + 127) << 23;
   V scale;
   __builtin_memcpy(&scale, &scale_bits, sizeof scale);
