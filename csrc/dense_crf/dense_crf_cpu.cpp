@@ -443,7 +443,7 @@ inline int32_t find_vertex(const int32_t* slots, uint32_t mask, const int32_t* k
   }
 }
 
-// The table starts this small and doubles whenever it is half full: images
+// The table starts this small and doubles whenever it is a quarter full: images
 // have few vertices for their corners (2-15 %), and a table sized for every
 // corner being distinct (slot_capacity) spreads the probes over megabytes,
 // one cache miss each, where a table sized for the vertices stays in L1/L2.
