@@ -27,7 +27,6 @@ from wsss_ext.ops._checks import (
     cuda_stream,
     fast_custom_op,
     require_finite,
-    torch_threads_capped,
     vmap_into_batch,
 )
 
@@ -67,11 +66,7 @@ def _correlation(in1: Tensor, in2: Tensor, sizes: list[int]) -> Tensor:
     kh, kw, ph, pw, sh, sw, padh, padw, dh, dw = sizes[:10]
     out = in1.new_empty((batch, ph, pw, _output_size(height, kh, sh, padh, dh), _output_size(width, kw, sw, padw, dw)))
     pairs = [sizes[i : i + 2] for i in range(0, 12, 2)]
-    # The layout copies are torch's parallel work: on no more threads than
-    # the kernel takes beside a busy process (as FickleNet's matmuls).
-    with torch_threads_capped():
-        a, b = _channels_last(in1), _channels_last(in2)
-    _C.correlation_forward(a, b, out, pairs, cuda_stream(in1))
+    _C.correlation_forward(_channels_last(in1), _channels_last(in2), out, pairs, cuda_stream(in1))
     return out
 
 
@@ -84,13 +79,11 @@ def _(in1, in2, sizes):
 
 @fast_custom_op("wsss_ext::correlation_backward")
 def _correlation_backward(grad: Tensor, in1: Tensor, in2: Tensor, sizes: list[int]) -> tuple[Tensor, Tensor]:
-    with torch_threads_capped():
-        a, b, grad = _channels_last(in1), _channels_last(in2), grad.contiguous()
+    a, b = _channels_last(in1), _channels_last(in2)
     grad_a, grad_b = torch.empty_like(a), torch.empty_like(b)
     pairs = [sizes[i : i + 2] for i in range(0, 12, 2)]
-    _C.correlation_backward(a, b, grad, grad_a, grad_b, pairs, cuda_stream(in1))
-    with torch_threads_capped():
-        return grad_a.permute(0, 3, 1, 2).contiguous(), grad_b.permute(0, 3, 1, 2).contiguous()
+    _C.correlation_backward(a, b, grad.contiguous(), grad_a, grad_b, pairs, cuda_stream(in1))
+    return grad_a.permute(0, 3, 1, 2).contiguous(), grad_b.permute(0, 3, 1, 2).contiguous()
 
 
 @_correlation_backward.register_fake
