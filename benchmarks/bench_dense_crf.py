@@ -18,9 +18,7 @@ to use more cores; the pool is started and warmed up before the timing).
 Agreement with pydensecrf is reported as the fraction of pixels with the
 same argmax and the largest |Q difference|. ``ns_per_pixel_label`` is the
 cost of one mean-field iteration, (t(10 iterations) - t(1)) / 9 per pixel
-and label, for both: the distance to memory bandwidth. ``ours.threads_allowed``
-is how many threads the idle-CPU cap let the kernels use (on a busy machine
-fewer than ``ours.threads``; ``WSSS_EXT_DYNAMIC_THREADS=0`` turns the cap off).
+and label, for both: the distance to memory bandwidth.
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ import torch.nn.functional as F
 
 import wsss_ext
 from common import measure, ratios
-from wsss_ext import _C
 
 KERNEL = "dense_crf"
 N_LABELS = 21
@@ -128,10 +125,6 @@ def _case(case: str, batch: int, height: int, width: int, params: dict, device: 
     repeats = dict(warmup=0, repeat=1) if long else {}
     ours, q = measure(lambda: wsss_ext.dense_crf(unary_dev, images_dev, N_ITERS, **params), device=device, **repeats)
     ours["threads"] = torch.get_num_threads() if device.type == "cpu" else None
-    if device.type == "cpu":
-        # The kernels use no more threads than CPUs are idle (the idle-CPU cap,
-        # WSSS_EXT_DYNAMIC_THREADS): what the cap allowed right after the timing.
-        ours["threads_allowed"] = _C.cpu_threads()
     record = {
         "kernel": KERNEL,
         "case": case,
@@ -156,8 +149,6 @@ def _case(case: str, batch: int, height: int, width: int, params: dict, device: 
     record["argmax_agreement"] = float((q.argmax(1) == ref_q.argmax(1)).mean())
     line = (f"    ours {ours['median_ms']:.1f} ms, pydensecrf {ref['median_ms']:.1f} ms "
             f"({ref['median_ms'] / ours['median_ms']:.2f}x)")
-    if "threads_allowed" in ours:
-        line += f" [{ours['threads_allowed']} of {ours['threads']} threads allowed by the idle-CPU cap]"
     if pool and device.type == "cpu" and torch.get_num_threads() > 1:
         processes = torch.get_num_threads()
         with multiprocessing.get_context("spawn").Pool(processes) as workers:

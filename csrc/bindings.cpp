@@ -14,6 +14,7 @@
 #include "common/array_view.h"
 #include "common/cuda_device.h"
 #include "common/finite.h"
+#include "common/idle_cpus.h"
 #include "common/parallel.h"
 #include "common/philox.h"
 #include "correlation/correlation.h"
@@ -726,9 +727,9 @@ PYBIND11_MODULE(_C, m) {
         "Threads the calling thread's next CPU kernels may use (0: OpenMP's default); ops pass "
         "torch.get_num_threads().");
   m.def("cpu_threads", &wsss::cpu_threads,
-        "Threads a CPU kernel would use now: the requested count capped by the CPUs other processes leave idle.");
-  m.def("set_dynamic_threads", &wsss::set_dynamic_threads, py::arg("enabled"),
-        "Whether CPU kernels cap their threads by the idle CPUs (default on; WSSS_EXT_DYNAMIC_THREADS=0: off).");
+        "Threads the calling thread's CPU kernels use: the count last set, else OpenMP's default.");
+  m.def("idle_cpus", &wsss::idle_cpus,
+        "CPUs other processes leave idle now (re-read at most every 20 ms): the cap on torch's threads inside an op.");
 
   m.def(
       "pamr_affinity",

@@ -2,6 +2,7 @@
 the counter-based RNG, build information and the command line."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -123,14 +124,14 @@ def test_max_abs_of_large_and_empty_arrays_and_other_dtypes():
         lowlevel.max_abs(torch.arange(3))
 
 
-# --- torch's own threads inside an op follow the kernels' cap ------------------
+# --- torch's own threads inside an op: no more than the idle CPUs -------------
 
 
 def test_torch_threads_are_capped_for_the_block_and_restored(monkeypatch):
     from wsss_ext.ops import _checks
 
     requested = torch.get_num_threads()
-    monkeypatch.setattr(_checks, "_cpu_threads", lambda: 1)  # as beside busy processes
+    monkeypatch.setattr(_checks, "_idle_cpus", lambda: 1)  # as beside busy processes
     with _checks.torch_threads_capped():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == requested
@@ -138,21 +139,30 @@ def test_torch_threads_are_capped_for_the_block_and_restored(monkeypatch):
         with _checks.torch_threads_capped():
             raise RuntimeError("inside")
     assert torch.get_num_threads() == requested
-    monkeypatch.setattr(_checks, "_cpu_threads", lambda: requested + 4)  # idle machine: never raised
+    monkeypatch.setattr(_checks, "_idle_cpus", lambda: requested + 4)  # idle machine: never raised
     with _checks.torch_threads_capped():
         assert torch.get_num_threads() == requested
 
 
-def test_ficklenet_matmuls_run_on_the_capped_thread_count(monkeypatch):
+def test_ficklenet_matmuls_run_on_the_capped_thread_count_and_its_kernel_on_all(monkeypatch):
     from wsss_ext.ops import _checks
 
-    seen = []
-    matmul = torch.matmul
-    monkeypatch.setattr(_checks, "_cpu_threads", lambda: 1)
-    monkeypatch.setattr(torch, "matmul", lambda *args: seen.append(torch.get_num_threads()) or matmul(*args))
+    requested = torch.get_num_threads()
+    seen = []  # (torch's threads, the kernels' threads) at every product
+    for name in ("matmul", "bmm"):
+        product = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *args, product=product: seen.append(
+            (torch.get_num_threads(), _C.cpu_threads())) or product(*args))
+    monkeypatch.setattr(_checks, "_idle_cpus", lambda: 1)
     x, weight = torch.randn(1, 4, 5, 5, requires_grad=True), torch.randn(3, 4, 3, 3)
     wsss_ext.fickle_conv2d(x, weight, seed=0).sum().backward()
-    assert seen and set(seen) == {1}
+    assert len(seen) >= 3 and set(seen) == {(1, requested)}
+    assert torch.get_num_threads() == requested
+
+
+def test_idle_cpus_is_between_one_and_the_cpus_of_the_process():
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert 1 <= _C.idle_cpus() <= cpus
 
 
 # --- The C++ safety net: checks that hold even when Python is bypassed -------

@@ -787,28 +787,14 @@ ImageWorkspace carve_workspace(uint8_t* base, int64_t height, int64_t width, int
   return ws;
 }
 
-// A stage of one image over items [0, n): in team mode shared out among the
-// threads of the enclosing region (every thread must reach it; it ends in a
-// barrier), else run straight through. `block` items per work item.
-template <class Body>
-void stage_for(bool team, int64_t n, int64_t block, Body&& body) {
-  if (!team) {
-    if (n > 0) body(0, n);
-    return;
-  }
-  const int64_t blocks = (n + block - 1) / block;
-#pragma omp for schedule(dynamic, 1)
-  for (int64_t b = 0; b < blocks; ++b) body(b * block, std::min(n, (b + 1) * block));
-}
-
-// stage_for() over the items of several lattices at once: blocks of `block`
+// team_for() over the items of several lattices at once: blocks of `block`
 // of lattice 0's counts[0] items, then of lattice 1's, ... (inactive ones
 // skipped); body(k, i0, i1) for items [i0, i1) of lattice k.
 template <class Body>
 void lattices_for(bool team, const int64_t* counts, const bool* active, int n, int64_t block, Body&& body) {
   int64_t blocks[kMaxKernels] = {}, total = 0;
   for (int k = 0; k < n; ++k) total += blocks[k] = active[k] ? (counts[k] + block - 1) / block : 0;
-  stage_for(team, total, 1, [&](int64_t b0, int64_t b1) {
+  team_for(team, total, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       int k = 0;
       int64_t local = b;
@@ -897,7 +883,7 @@ void mean_field_image(const MeanFieldArgs& args, int64_t b, const ImageWorkspace
   // call (same size) in this workspace is reused as it is.
   bool build[kMaxKernels] = {};
   for (int k = 0; k < args.n_kernels; ++k) build[k] = !(ws.lattices[k].dims == kGaussianDims && ws.built[k]);
-  stage_for(team, pixels, kPixelBlock, [&](int64_t p0, int64_t p1) {
+  team_for(team, pixels, kPixelBlock, [&](int64_t p0, int64_t p1) {
     for (int k = 0; k < args.n_kernels; ++k) {
       if (!build[k]) continue;
       const MeanFieldKernel& kernel = args.kernels[k];
@@ -914,7 +900,7 @@ void mean_field_image(const MeanFieldArgs& args, int64_t b, const ImageWorkspace
   int order[kMaxKernels] = {0, 1};
   if (args.n_kernels == 2 && ws.lattices[0].dims < ws.lattices[1].dims) std::swap(order[0], order[1]);
   const int64_t start_blocks = (pixels + kPixelBlock - 1) / kPixelBlock;
-  stage_for(team, args.n_kernels + start_blocks, 1, [&](int64_t i0, int64_t i1) {
+  team_for(team, args.n_kernels + start_blocks, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       if (i < args.n_kernels) {
         const int k = order[i];
@@ -971,11 +957,11 @@ void mean_field_image(const MeanFieldArgs& args, int64_t b, const ImageWorkspace
         if (active[k]) std::swap(front[k], back[k]);
     }
     const float* blurred[kMaxKernels] = {front[0], front[1]};
-    stage_for(team, pixels, kPixelBlock, [&](int64_t p0, int64_t p1) {
+    team_for(team, pixels, kPixelBlock, [&](int64_t p0, int64_t p1) {
       update_range(ws, args.n_kernels, blurred, weights, identity, p0, p1, row, x);
     });
   }
-  stage_for(team, pixels, kPixelBlock,
+  team_for(team, pixels, kPixelBlock,
             [&](int64_t p0, int64_t p1) { label_major(ws.q, n_labels, pixels, p0, p1, row, out); });
 }
 
@@ -1100,7 +1086,7 @@ void softmax_cpu(const ArrayView& unary, const float* pairwise, float* q, int64_
 #pragma omp parallel num_threads(cpu_threads()) if (blocks * kBlock > kMinParallelItems)
     {
       std::vector<float> x(static_cast<size_t>(kTransposeBlock * width));
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
       for (int64_t block = 0; block < blocks; ++block) {
         const int64_t b = block / blocks_per_image, first = (block % blocks_per_image) * kBlock;
         const int64_t p0 = b * pixels + first, p1 = b * pixels + std::min(pixels, first + kBlock);

@@ -81,7 +81,7 @@ void masked_tap_typed(const TapArgs& args) {
   if (!args.transpose) {
     const T* in = x.as<const T>();
     T* out = rows.as<T>();
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
     for (int64_t rc = 0; rc < rows.shape[0] * channels; ++rc) {
       const int64_t r = rc / channels, c = rc % channels;
       const T* source = in + ((r % batch) * channels + c) * plane;
@@ -93,7 +93,7 @@ void masked_tap_typed(const TapArgs& args) {
   // grad_x[b, c, (i, j) + shift] += sum_s keep(s B + b, c, i, j) * grad[s B + b, c, i, j], tap by tap.
   const T* grad = rows.as<const T>();
   T* grad_x = x.as<T>();
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
   for (int64_t bc = 0; bc < batch * channels; ++bc) {
     T* target = grad_x + bc * plane;
     for (int64_t k = 0; k < count; ++k) {
@@ -121,7 +121,7 @@ void mask_bits_cpu(const BitsArgs& args) {
   uint32_t* bits = args.bits.as<uint32_t>();
   // Whole planes per task; Philox keeps each value independent of the split.
   const int threads = rows * channels * plane >= kMinParallelUnits ? wsss::cpu_threads() : 1;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 4) if (threads > 1)
   for (int64_t rc = 0; rc < rows * channels; ++rc)
     draw_row(args.mask, static_cast<uint32_t>(args.first_row + rc / channels), static_cast<uint32_t>(rc % channels),
              0, plane, bits + rc * plane);
@@ -143,7 +143,7 @@ void mask_counts_cpu(const CountArgs& args) {
       [&](auto tag) {
         using T = compute_t<decltype(tag)>;
         T* counts = args.counts.as<T>();
-#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(static)
+#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(dynamic, 4)
         for (int64_t rc = 0; rc < rows * channels; ++rc) {
           const uint32_t* unit_bits = bits + rc * height * width;
           for (int tap = 0; tap < taps; ++tap) {

@@ -16,6 +16,8 @@ namespace {
 
 // Below this many output values a parallel region costs more than it saves.
 constexpr int64_t kMinParallelValues = 1 << 14;
+// Rows (or row blocks) per work item when the threads share one image.
+constexpr int64_t kTeamRows = 4;
 
 // The transpose: out_row[jx] (row jy) = sum over taps k and pixels i whose
 // tap k reads (jy, jx) of w_k(i) * grad(i). Inside the map that is the one
@@ -69,7 +71,7 @@ inline int64_t padded_shift(const Padding& p, int64_t dx) { return std::max(-p.p
 
 template <class C, class S>
 void pad_rows(const S* rows_in, int64_t rows, int64_t width, const Padding& p, C* padded) {
-#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(static) if (rows * p.pitch >= kMinParallelValues)
+#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(dynamic, 16) if (rows * p.pitch >= kMinParallelValues)
   for (int64_t r = 0; r < rows; ++r) {
     const S* source = rows_in + r * width;
     C* target = padded + r * p.pitch;
@@ -187,7 +189,7 @@ void affinity_typed(const AffinityArgs& args) {
   {
     std::vector<const C*> centre(channels), tap_rows(channels * taps);
     std::vector<C> logits(taps * kAffinityChunk);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 4)
     for (int64_t task = 0; task < batch * height * chunks; ++task) {
       const int64_t chunk = task % chunks, y = (task / chunks) % height, b = task / (chunks * height);
       const int64_t x0 = chunk * kAffinityChunk, n = std::min(kAffinityChunk, width - x0);
@@ -251,10 +253,10 @@ void fill_margins(C* row, const StepLayout& s, int64_t width) {
   std::fill(row + s.left + width, row + s.pitch, row[s.left + width - 1]);
 }
 
-// One image's steps by `workers` threads of the current parallel region,
-// `worker` being this one: each takes an equal share of every loop, with a
-// barrier where the next loop reads what the others wrote. With one worker
-// (a thread owning the image) there is no barrier at all.
+// One image's steps, by all the threads of the current parallel region
+// (`team`: team_for() shares out every loop, a barrier where the next loop
+// reads what the others wrote) or by the one thread that owns the image (no
+// barrier at all).
 template <class C>
 struct ImageScratch {
   StripBuffer<C> buffers[2], tap_rows;
@@ -267,76 +269,66 @@ struct ImageScratch {
         tap_sources(taps) {}
 };
 
-inline void share(int64_t count, int worker, int workers, int64_t& lo, int64_t& hi) {
-  lo = count * worker / workers;
-  hi = count * (worker + 1) / workers;
-}
-
-inline void sync_workers(int workers) {
-  if (workers > 1) {
-#pragma omp barrier
-  }
-}
-
 template <class C>
 void forward_image(const PropagateArgs& args, const StepLayout& s, int64_t b, ImageScratch<C>& shared,
-                   std::vector<const C*>& tap_weights, std::vector<const C*>& tap_sources, int worker, int workers) {
+                   std::vector<const C*>& tap_weights, std::vector<const C*>& tap_sources, bool team) {
   const int64_t channels = args.mask.shape[1], height = args.mask.shape[2], width = args.mask.shape[3];
   const int64_t plane = height * width;
   const int taps = args.dilations.taps();
   const C* weights = args.weights.as<const C>();
   const C* mask = args.mask.as<const C>();
   const int64_t blocks = channel_blocks(channels);
-  int64_t lo, hi;
   // Every scratch row is written in full (margins included) before it is
   // read, so the extra columns of a last strip multiply zero weights by
   // finite values.
-  share(height, worker, workers, lo, hi);
-  for (int64_t y = lo; y < hi; ++y)
-    for (int k = 0; k < taps; ++k) {
-      const C* row = weights + (b * taps + k) * plane + y * width;
-      C* target = shared.tap_rows.data() + (y * taps + k) * s.weight_pitch;
-      std::copy(row, row + width, target);
-      std::fill(target + width, target + s.weight_pitch, C(0));
+  team_for(team, height, kTeamRows, [&](int64_t y0, int64_t y1) {
+    for (int64_t y = y0; y < y1; ++y)
+      for (int k = 0; k < taps; ++k) {
+        const C* row = weights + (b * taps + k) * plane + y * width;
+        C* target = shared.tap_rows.data() + (y * taps + k) * s.weight_pitch;
+        std::copy(row, row + width, target);
+        std::fill(target + width, target + s.weight_pitch, C(0));
+      }
+  });
+  team_for(team, channels * height, kTeamRows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      C* row = shared.buffers[0].data() + (r / height) * s.channel_stride + (r % height) * s.pitch;
+      std::copy(mask + (b * channels * height + r) * width, mask + (b * channels * height + r + 1) * width,
+                row + s.left);
+      fill_margins(row, s, width);
     }
-  share(channels * height, worker, workers, lo, hi);
-  for (int64_t r = lo; r < hi; ++r) {
-    C* row = shared.buffers[0].data() + (r / height) * s.channel_stride + (r % height) * s.pitch;
-    std::copy(mask + (b * channels * height + r) * width, mask + (b * channels * height + r + 1) * width,
-              row + s.left);
-    fill_margins(row, s, width);
-  }
-  sync_workers(workers);
-  share(height * blocks, worker, workers, lo, hi);
+  });
   for (int64_t step = 0; step < args.steps; ++step) {
     const C* source = shared.buffers[step % 2].data();
     C* target = shared.buffers[(step + 1) % 2].data();
-    for (int64_t task = lo; task < hi; ++task) {
-      // Row-major over (row, block): a row's blocks share its weights in cache.
-      const int64_t y = task / blocks, block = task % blocks;
-      int64_t c0, c1;
-      channel_block(block, blocks, channels, c0, c1);
-      for (int k = 0; k < taps; ++k) {
-        const Offset o = tap_offset(args.dilations, k);
-        tap_weights[k] = shared.tap_rows.data() + (y * taps + k) * s.weight_pitch;
-        tap_sources[k] = source + c0 * s.channel_stride + clamp_index(y + o.dy, height) * s.pitch + s.left +
-                         padded_shift(s.padding, o.dx);
+    // Row-major over (row, block): a row's blocks share its weights in cache.
+    team_for(team, height * blocks, kTeamRows, [&](int64_t t0, int64_t t1) {
+      for (int64_t task = t0; task < t1; ++task) {
+        const int64_t y = task / blocks, block = task % blocks;
+        int64_t c0, c1;
+        channel_block(block, blocks, channels, c0, c1);
+        for (int k = 0; k < taps; ++k) {
+          const Offset o = tap_offset(args.dilations, k);
+          tap_weights[k] = shared.tap_rows.data() + (y * taps + k) * s.weight_pitch;
+          tap_sources[k] = source + c0 * s.channel_stride + clamp_index(y + o.dy, height) * s.pitch + s.left +
+                           padded_shift(s.padding, o.dx);
+        }
+        C* row = target + c0 * s.channel_stride + y * s.pitch;
+        gather_row_strips(static_cast<int>(c1 - c0), tap_weights.data(), tap_sources.data(), taps, kNeighbours,
+                          s.strips, s.channel_stride, row + s.left);
+        for (int64_t c = c0; c < c1; ++c) fill_margins(row + (c - c0) * s.channel_stride, s, width);
       }
-      C* row = target + c0 * s.channel_stride + y * s.pitch;
-      gather_row_strips(static_cast<int>(c1 - c0), tap_weights.data(), tap_sources.data(), taps, kNeighbours,
-                        s.strips, s.channel_stride, row + s.left);
-      for (int64_t c = c0; c < c1; ++c) fill_margins(row + (c - c0) * s.channel_stride, s, width);
-    }
-    sync_workers(workers);
+    });
   }
   const C* result = shared.buffers[args.steps % 2].data();
   C* out = args.out.as<C>();
-  share(channels * height, worker, workers, lo, hi);
-  for (int64_t r = lo; r < hi; ++r) {
-    const C* row = result + (r / height) * s.channel_stride + (r % height) * s.pitch + s.left;
-    std::copy(row, row + width, out + (b * channels * height + r) * width);
-  }
-  sync_workers(workers);  // the scratch is reused for the next image
+  // Its barrier also keeps the scratch from being reused for the next image too early.
+  team_for(team, channels * height, kTeamRows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const C* row = result + (r / height) * s.channel_stride + (r % height) * s.pitch + s.left;
+      std::copy(row, row + width, out + (b * channels * height + r) * width);
+    }
+  });
 }
 
 // With at least as many images as threads, each thread owns whole images
@@ -355,7 +347,7 @@ void forward_steps(const PropagateArgs& args) {
     {
       ImageScratch<C> own(s, channels, height, taps);
 #pragma omp for schedule(dynamic)
-      for (int64_t b = 0; b < batch; ++b) forward_image(args, s, b, own, own.tap_weights, own.tap_sources, 0, 1);
+      for (int64_t b = 0; b < batch; ++b) forward_image(args, s, b, own, own.tap_weights, own.tap_sources, false);
     }
     return;
   }
@@ -363,8 +355,8 @@ void forward_steps(const PropagateArgs& args) {
 #pragma omp parallel num_threads(threads)
   {
     std::vector<const C*> tap_weights(taps), tap_sources(taps);
-    for (int64_t b = 0; b < batch; ++b)
-      forward_image(args, s, b, shared, tap_weights, tap_sources, thread_index(), thread_count());
+    const bool team = thread_count() > 1;
+    for (int64_t b = 0; b < batch; ++b) forward_image(args, s, b, shared, tap_weights, tap_sources, team);
   }
 }
 
@@ -384,7 +376,7 @@ void transpose_steps(const PropagateArgs& args) {
   for (int64_t step = 0; step < args.steps; ++step) {
     const C* source = step == 0 ? args.mask.as<const C>() : ((args.steps - step) % 2 ? scratch.data() : out);
     C* target = (args.steps - 1 - step) % 2 ? scratch.data() : out;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 4)
     for (int64_t row = 0; row < rows; ++row) {
       const int64_t y = row % height, bc = row / height, b = bc / channels;
       scatter_row_as_gather(weights + b * taps * plane, plane, source + bc * plane, height, width, y,

@@ -106,7 +106,7 @@ void walk_steps(const StepArgs& args) {
   StripBuffer<T> weights(batch * taps * ws.plane);
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)
     for (int64_t b = 0; b < batch; ++b)
       copy_into_padded(args.weights.as<const T>() + b * taps * plane, taps, height, width, ws,
                        weights.data() + b * taps * ws.plane);
@@ -163,7 +163,7 @@ void weight_grad_typed(const WeightGradArgs& args) {
   const T* grad_y = args.grad_y.as<const T>();
   const T* x = args.x.as<const T>();
   T* grad_w = args.grad_weights.as<T>();
-#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(static) if (batch * channels * plane * taps >= kMinParallelWork)
+#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(dynamic, 8) if (batch * channels * plane * taps >= kMinParallelWork)
   for (int64_t task = 0; task < batch * taps * height; ++task) {
     const int64_t row = task % height, bt = task / height, b = bt / taps, t = bt % taps;
     weight_grad_row(grad_y + b * channels * plane, x + b * channels * plane, channels, height, width, row,
@@ -244,7 +244,7 @@ AffinityStatus transition_weights_typed(const WeightsArgs& args) {
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     std::vector<double> total(static_cast<size_t>(width));
-#pragma omp for schedule(static) reduction(| : found)
+#pragma omp for schedule(dynamic, 4) reduction(| : found)
     for (int64_t image_row = 0; image_row < batch * height; ++image_row) {
       const int64_t b = image_row / height, row = image_row % height;
       const int64_t offset = b * taps * plane + row * width;

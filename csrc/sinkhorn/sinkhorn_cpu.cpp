@@ -138,7 +138,7 @@ template <class C>
 void merge_chunks(const C* partials, int64_t chunks, int64_t k_count, C* col_max, C* col_sumexp) {
   const C* maxima = partials;
   const C* sums = partials + chunks * k_count;
-#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(static) if (chunks * k_count >= kMinParallelElements)
+#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(dynamic, 64) if (chunks * k_count >= kMinParallelElements)
   for (int64_t k = 0; k < k_count; ++k) {
     C max = negative_infinity<C>(), sum = 0;
     for (int64_t c = 0; c < chunks; ++c) logsumexp_merge(max, sum, maxima[c * k_count + k], sums[c * k_count + k]);
@@ -208,7 +208,7 @@ void codes_cpu(const CodesArgs& args) {
     const C* f = args.f.as<const C>();
     C* out = args.codes.as<C>();
     const C inv_eps = static_cast<C>(args.inv_eps);
-#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(static) if (n * k_count >= kMinParallelElements)
+#pragma omp parallel for num_threads(wsss::cpu_threads()) schedule(dynamic, 16) if (n * k_count >= kMinParallelElements)
     for (int64_t i = 0; i < n; ++i) codes_row(scores + i * k_count, f, k_count, inv_eps, out + i * k_count);
   });
 }

@@ -299,20 +299,22 @@ def follow_torch_threads() -> None:
         _set_cpu_threads(_get_num_threads())
 
 
-_cpu_threads = _C.cpu_threads
+_idle_cpus = _C.idle_cpus
 _set_num_threads = torch.set_num_threads
 
 
 @contextlib.contextmanager
 def torch_threads_capped() -> Iterator[None]:
     """torch's own CPU work inside an op (FickleNet's matmuls) on no more
-    threads than the kernels take: torch.get_num_threads() capped by the idle
-    CPUs (common/parallel.h). Beside a busy process, torch's spinning OpenMP
-    barriers wait for a descheduled thread as the kernels' did. torch's count
-    is process-wide, so it is lowered only for the block, and only in eager
-    calls (a compiled graph's torch ops keep it)."""
+    threads than other processes leave CPUs idle (common/idle_cpus.h). torch's
+    GEMMs split their work in equal static shares: beside a busy process the
+    share of the thread it deschedules holds back the product, and 2 threads
+    are slower than 1 (the kernels' own loops share their work dynamically
+    and need no cap). torch's count is process-wide, so it is lowered only
+    for the block, and only in eager calls (a compiled graph's torch ops keep
+    it)."""
     requested = _get_num_threads()
-    capped = requested if _is_compiling() else min(requested, _cpu_threads())
+    capped = requested if _is_compiling() else min(requested, _idle_cpus())
     if capped >= requested:
         yield
         return
