@@ -90,26 +90,26 @@ def _cases(quick: bool) -> dict:
     cases = {}
 
     voc_image, voc_unary = photos(1, 375 // shrink, 500 // shrink), cam_like_unary(1, 21, 375 // shrink, 500 // shrink)
-    cases["dense_crf_voc"] = (lambda: wsss_ext.dense_crf(voc_unary, voc_image, 10, **AFFINITYNET), 5)
+    cases["dense_crf_voc"] = (lambda: wsss_ext.dense_crf(voc_unary, voc_image, 10, **AFFINITYNET), 9)
     sec = {**AFFINITYNET, "gaussian_sxy": 3.0 / SEC_SCALE, "bilateral_sxy": 80.0 / SEC_SCALE}
     sec_image, sec_unary = photos(32 // shrink, 41, 41), cam_like_unary(32 // shrink, 21, 41, 41)
     cases["dense_crf_sec"] = (lambda: wsss_ext.dense_crf(sec_unary, sec_image, 10, **sec), 9)
 
     image = torch.rand(16 // shrink, 3, 81, 81, generator=g)
     mask = torch.softmax(3 * torch.randn(16 // shrink, 21, 81, 81, generator=g), 1)
-    cases["pamr"] = (lambda: wsss_ext.pamr(image, mask, (1, 2, 4, 8, 12, 24), 10, 0.1), 5)
+    cases["pamr"] = (lambda: wsss_ext.pamr(image, mask, (1, 2, 4, 8, 12, 24), 10, 0.1), 9)
 
     cams = torch.rand(1, 21, 94 // shrink, 125 // shrink, generator=g)
     affinity = wsss_ext.boundary_affinity(torch.rand(1, 1, 94 // shrink, 125 // shrink, generator=g).pow(4))
-    cases["random_walk"] = (lambda: wsss_ext.random_walk(cams, affinity, 10.0, 256), 5)
+    cases["random_walk"] = (lambda: wsss_ext.random_walk(cams, affinity, 10.0, 256), 9)
 
     query = torch.randn(1, 64, 60, 107, generator=g) / 4
     keys = torch.randn(1, 5, 64, 60, 107, generator=g) / 4
     values = torch.softmax(torch.randn(1, 5, 7, 60, 107, generator=g) * 3, 2)
-    cases["propagation"] = (lambda: wsss_ext.propagate_labels(query, keys, values, 12), 5)
+    cases["propagation"] = (lambda: wsss_ext.propagate_labels(query, keys, values, 12), 9)
 
     scores = torch.randn(4096 // shrink, 3000, generator=g)
-    cases["sinkhorn"] = (lambda: wsss_ext.sinkhorn_knopp(scores, 0.05, 3), 5)
+    cases["sinkhorn"] = (lambda: wsss_ext.sinkhorn_knopp(scores, 0.05, 3), 9)
 
     x = torch.relu(torch.randn(16 // shrink, 512, 41, 41, generator=g)).requires_grad_()
     weight = (torch.randn(20, 512, 3, 3, generator=g) / (3 * 512**0.5)).requires_grad_()
@@ -129,7 +129,7 @@ def _cases(quick: bool) -> dict:
         out = wsss_ext.correlation(in1, in2, kernel_size=1, patch_size=9)
         out.backward(torch.ones_like(out))
 
-    cases["correlation"] = (correlation_step, 5)
+    cases["correlation"] = (correlation_step, 9)
     return cases
 
 
