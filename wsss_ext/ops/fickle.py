@@ -202,10 +202,13 @@ def _fickle_conv(x: Tensor, weight: Tensor, bias: Tensor | None, bits: Tensor, k
     classes, channels, kernel_size = weight.shape[0], weight.shape[1], weight.shape[-1]
     taps = weight.flatten(2)  # [O, C, k*k]
     out = None
+    # The kernel keeps every thread; torch's GEMMs take no more than there are idle CPUs.
     with torch_threads_capped():
         for first, count in _tap_groups(kernel_size, bits, x):
             units = _tap_units(x, bits, kernel_size, keep_scale, first, count).flatten(2)
-            part = torch.matmul(taps[:, :, first : first + count].reshape(classes, channels * count), units)
+            group = taps[:, :, first : first + count].reshape(classes, channels * count)
+            # bmm over the rows: matmul would fold a 2-D @ 3-D product through a copy of the transposed units.
+            part = torch.bmm(group.expand(units.shape[0], -1, -1), units)
             out = part if out is None else out.add_(part)
         if bias is not None:
             out += bias.view(1, -1, 1)
@@ -233,7 +236,7 @@ def _fickle_conv_backward(grad: Tensor, x: Tensor, weight: Tensor, bits: Tensor,
             grad_group = torch.matmul(grad_rows, units.transpose(1, 2)).sum(0)  # [O, C n]
             grad_taps[:, :, first : first + count] = grad_group.view(classes, channels, count)
             group = taps[:, :, first : first + count].reshape(classes, channels * count)
-            grad_units = torch.matmul(group.T, grad_rows)  # [R, C n, H W]
+            grad_units = torch.bmm(group.T.expand(rows, -1, -1), grad_rows)  # [R, C n, H W]
             _C.fickle_masked_tap(grad_units.view(rows, channels * count, height, width), grad_x, bits, kernel_size,
                                  keep_scale, first, True, cuda_stream(x), count)
         grad_bias = grad_rows.sum((0, 2))
