@@ -253,10 +253,7 @@ void fill_margins(C* row, const StepLayout& s, int64_t width) {
   std::fill(row + s.left + width, row + s.pitch, row[s.left + width - 1]);
 }
 
-// One image's steps, by all the threads of the current parallel region
-// (`team`: team_for() shares out every loop, a barrier where the next loop
-// reads what the others wrote) or by the one thread that owns the image (no
-// barrier at all).
+// An image's scratch: the mask's two buffers used in turn and the re-laid-out weights.
 template <class C>
 struct ImageScratch {
   StripBuffer<C> buffers[2], tap_rows;
@@ -269,6 +266,10 @@ struct ImageScratch {
         tap_sources(taps) {}
 };
 
+// One image's steps, by all the threads of the current parallel region
+// (`team`: team_for() shares out every loop, a barrier where the next loop
+// reads what the others wrote) or by the one thread that owns the image (no
+// barrier at all).
 template <class C>
 void forward_image(const PropagateArgs& args, const StepLayout& s, int64_t b, ImageScratch<C>& shared,
                    std::vector<const C*>& tap_weights, std::vector<const C*>& tap_sources, bool team) {
