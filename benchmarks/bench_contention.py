@@ -4,12 +4,14 @@ kernels follow), first on an idle machine, then beside a busy process that
 this benchmark starts and pins to the last CPU, as a training process or a
 DataLoader worker next to the CRF would be.
 
-An OpenMP barrier that spins waits for the thread the busy process has
-descheduled; work split in equal static shares waits for the slow share. The
-requirement: with the busy process running, 2 threads are never slower than
-1 (``ratios.threads`` = time with 1 thread / time with 2, >= 1). Each record
-also gives both idle times. CPU only; the numbers depend on the machine's
-core count (the busy process takes one of them) and load.
+Work split in equal static shares waits at the next barrier for the share of
+the thread the busy process has descheduled; the kernels hand their work out
+in small blocks instead, so the thread on the free core takes most of them.
+The requirement: with the busy process running, 2 threads are never slower
+than 1 (``ratios.busy_1_thread`` = busy time with 1 thread / busy time with
+2, >= 1). Each record also gives both idle times. CPU only; the numbers
+depend on the machine's core count (the busy process takes one of them) and
+load.
 
 Cases, the benchmarks' own shapes or shrunk to keep each call under a second:
 ``dense_crf`` (one VOC image; 32 SEC maps of 41 x 41), ``pamr`` (16 x 21 x
