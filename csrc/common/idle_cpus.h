@@ -21,9 +21,10 @@
 #endif
 
 namespace wsss {
-namespace detail {
 
 #if defined(__linux__)
+namespace detail {
+
 // The CPUs this process may run on.
 inline int affinity_cpus() {
   cpu_set_t set;
@@ -63,11 +64,9 @@ inline int own_running_threads() {
   closedir(tasks);
   return std::max(running, 1);
 }
-#endif
 
 }  // namespace detail
 
-#if defined(__linux__)
 // CPUs not taken by other processes' runnable tasks (the run queue of
 // /proc/loadavg less this process's running threads; at least 1), re-read at
 // most every 20 ms: a few /proc reads, negligible beside a parallel kernel.

@@ -565,8 +565,9 @@ WSSS_CRF_INLINE Lanes splat_lanes(float value) { return splat_lanes<Lanes>(value
 
 // exp_polynomial() (common/math.h) lane by lane for x <= 0 (softmax's x -
 // max), through its exp_reduced(): the same operations and results; where
-// x <= 0 its upper clamp and overflow test never fire and are left out. GCC left the scalar function's
-// loops over a row with scalar tails. V: Lanes or WideLanes, VI its ints.
+// x <= 0 its upper clamp and overflow test never fire and are left out. GCC
+// left the scalar function's loops over a row with scalar tails. V: Lanes or
+// WideLanes, VI its ints.
 template <class V, class VI>
 WSSS_CRF_INLINE V exp_nonpositive(V x) {
   const V xc = x > splat_lanes<V>(-87.5f) ? x : splat_lanes<V>(-87.5f);
@@ -962,7 +963,7 @@ void mean_field_image(const MeanFieldArgs& args, int64_t b, const ImageWorkspace
     });
   }
   team_for(team, pixels, kPixelBlock,
-            [&](int64_t p0, int64_t p1) { label_major(ws.q, n_labels, pixels, p0, p1, row, out); });
+           [&](int64_t p0, int64_t p1) { label_major(ws.q, n_labels, pixels, p0, p1, row, out); });
 }
 
 // Asks the kernel to back the 2 MiB pages inside [data, data + bytes) with
